@@ -1,0 +1,1 @@
+"""Kafka intake: parse, dead-letter, micro-batch, dispatch to Celery, commit settled offsets."""

@@ -1,0 +1,74 @@
+"""Micro-batching: per-key groups that leave on max size or once the oldest waited max wait."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from pipelines.errors import ConfigError
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass
+class _Open(Generic[T]):
+    opened_at: float
+    items: list[T] = field(default_factory=list)
+
+
+class Batcher(Generic[K, T]):
+    """Collects items into per-key batches.
+
+    Args:
+        max_size: A batch leaves as soon as it holds this many items.
+        max_wait_s: A partial batch leaves once its oldest item has waited this long.
+        clock: Monotonic time source; tests inject a fake one so they never sleep.
+    """
+
+    def __init__(
+        self, max_size: int, max_wait_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if max_size < 1:
+            raise ConfigError(f"batch max_size must be >= 1, got {max_size}")
+        if max_wait_s <= 0:
+            raise ConfigError(f"batch max_wait_s must be > 0, got {max_wait_s}")
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self.clock = clock
+        self._open: dict[K, _Open[T]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(b.items) for b in self._open.values())
+
+    def add(self, key: K, item: T, max_size: int | None = None) -> list[T] | None:
+        """Add an item; returns the key's batch if this item filled it."""
+        batch = self._open.get(key)
+        if batch is None:
+            batch = self._open[key] = _Open(self.clock())
+        batch.items.append(item)
+        if len(batch.items) >= (max_size or self.max_size):
+            del self._open[key]
+            return batch.items
+        return None
+
+    def due(self) -> list[tuple[K, list[T]]]:
+        """Remove and return every batch whose oldest item has waited max_wait_s."""
+        now = self.clock()
+        keys = [k for k, b in self._open.items() if now - b.opened_at >= self.max_wait_s]
+        return [(k, self._open.pop(k).items) for k in keys]
+
+    def seconds_to_next(self) -> float | None:
+        """How long until the next partial batch is due; None when nothing is open."""
+        if not self._open:
+            return None
+        oldest = min(b.opened_at for b in self._open.values())
+        return max(0.0, oldest + self.max_wait_s - self.clock())
+
+    def drain(self) -> list[tuple[K, list[T]]]:
+        """Remove and return every open batch (on shutdown or partition revocation)."""
+        out = [(k, b.items) for k, b in self._open.items()]
+        self._open.clear()
+        return out

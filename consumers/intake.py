@@ -1,0 +1,335 @@
+"""The intake loop: Kafka → parse → dead letters / micro-batches → Celery → commit.
+
+Offsets are committed only for messages whose fate is settled: dead-lettered (the dead-letter
+record acknowledged by the broker) or durably handed to a Celery queue (acks-late tasks on a
+persistent Redis). A crash at any point therefore redelivers, never skips; workers make a
+redelivered job harmless by skipping job ids that already have a result.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, Protocol
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError, NoBrokersAvailable
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from consumers.batching import Batcher
+from consumers.dispatch import CeleryDispatcher, Dispatcher, RoundRobinRouter
+from consumers.offsets import OffsetTracker
+from pipelines.jobs import DeadLetter, LLMJob, Source, parse_job
+from pipelines.kafka import ensure_topics, make_producer, unavailable
+from pipelines.settings import BlazeSettings
+from pipelines.status import JobState, RedisStatusStore, StatusStore, StatusUpdate
+from pipelines.tasks import batch_payload
+
+log = logging.getLogger(__name__)
+
+
+class Record(Protocol):
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+class JobSource(Protocol):
+    """The part of a Kafka consumer the intake loop uses."""
+
+    def poll(
+        self, timeout_ms: int = ..., max_records: int | None = ...
+    ) -> dict[Any, list[Any]]: ...
+
+    def commit(self, offsets: dict[Any, Any] | None = ...) -> None: ...
+
+    def assignment(self) -> set[Any]: ...
+
+
+class DeadLetterSink(Protocol):
+    """Records messages that cannot run; returns once they are durably stored."""
+
+    def send(self, letters: Sequence[DeadLetter]) -> None: ...
+
+
+@dataclass
+class MemoryDeadLetters:
+    """Dead letters in a list, for unit tests."""
+
+    letters: list[DeadLetter] = field(default_factory=list)
+
+    def send(self, letters: Sequence[DeadLetter]) -> None:
+        self.letters.extend(letters)
+
+
+class KafkaDeadLetters:
+    """Dead letters on the dead-letter topic, keyed by job id when known."""
+
+    def __init__(self, settings: BlazeSettings, producer: KafkaProducer | None = None) -> None:
+        self.settings = settings
+        self.topic = settings.dead_letter_topic
+        self.producer = producer or make_producer(settings)
+
+    def send(self, letters: Sequence[DeadLetter]) -> None:
+        try:
+            futures = [
+                self.producer.send(
+                    self.topic, key=(d.job_id or "").encode() or None, value=d.to_json()
+                )
+                for d in letters
+            ]
+            self.producer.flush(timeout=60)
+            for fut in futures:
+                fut.get(timeout=60)
+        except KafkaError as exc:
+            raise unavailable(self.settings, exc) from None
+
+    def close(self) -> None:
+        self.producer.close(timeout=10)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A parsed job waiting in a batch, with where it came from."""
+
+    job: LLMJob
+    tp: Any
+    offset: int
+
+
+@dataclass
+class IntakeStats:
+    received: int = 0
+    dead_lettered: int = 0
+    dispatched_jobs: int = 0
+    batches: int = 0
+
+
+class Intake:
+    """Turns a stream of Kafka messages into dispatched batches.
+
+    Args:
+        settings: Blaze settings (namespace, batch limits).
+        source: A subscribed Kafka consumer (or an in-memory stand-in in unit tests).
+        dispatcher: Where batches go (Celery in production).
+        dead_letters: Where unparseable or invalid messages go.
+        status: Where job states are recorded.
+        router: Picks the worker queue for a batch.
+        clock: Monotonic clock for batching deadlines.
+    """
+
+    def __init__(
+        self,
+        settings: BlazeSettings,
+        source: JobSource,
+        dispatcher: Dispatcher,
+        dead_letters: DeadLetterSink,
+        status: StatusStore,
+        router: RoundRobinRouter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.dispatcher = dispatcher
+        self.dead_letters = dead_letters
+        self.status = status
+        self.router = router
+        self.clock = clock
+        self.batcher: Batcher[tuple[str, str], Entry] = Batcher(
+            settings.batch.max_size, settings.batch.max_wait_s, clock
+        )
+        self.offsets = OffsetTracker()
+        self.stats = IntakeStats()
+        self._kinds = {settings.jobs_topic(k): k for k in ("llm",)}
+        self._last_commit = 0.0
+
+    # -- one turn of the loop ----------------------------------------------------------------
+    def step(self, max_poll_s: float = 0.5) -> None:
+        """Poll once, dead-letter and batch what came, dispatch what is due, commit."""
+        wait = self.batcher.seconds_to_next()
+        timeout = max_poll_s if wait is None else min(max_poll_s, wait)
+        records = self.source.poll(timeout_ms=int(timeout * 1000), max_records=500)
+        letters: list[tuple[DeadLetter, Any, int]] = []
+        full: list[list[Entry]] = []
+        for tp, recs in records.items():
+            for rec in recs:
+                self.stats.received += 1
+                self.offsets.track(tp, rec.offset)
+                parsed = self._parse(rec)
+                if isinstance(parsed, DeadLetter):
+                    letters.append((parsed, tp, rec.offset))
+                    continue
+                batch = self.batcher.add((parsed.kind, parsed.model), Entry(parsed, tp, rec.offset))
+                if batch is not None:
+                    full.append(batch)
+        if letters:
+            self._dead_letter(letters)
+        for batch in full:
+            self._dispatch(batch)
+        for _, batch in self.batcher.due():
+            self._dispatch(batch)
+        self.commit()
+
+    def _parse(self, rec: Record) -> LLMJob | DeadLetter:
+        kind = self._kinds.get(rec.topic, "unknown")
+        parsed = parse_job(rec.value, kind, Source(rec.topic, rec.partition, rec.offset))
+        if isinstance(parsed, LLMJob) and parsed.deadline is not None:
+            deadline = (
+                parsed.deadline if parsed.deadline.tzinfo else parsed.deadline.replace(tzinfo=UTC)
+            )
+            if deadline < datetime.now(UTC):
+                src = Source(rec.topic, rec.partition, rec.offset)
+                payload = (rec.value or b"")[:4096].decode(errors="replace")
+                reason = f"deadline {deadline.isoformat()} passed before the job was batched"
+                return DeadLetter("intake", reason, parsed.job_id, src, payload=payload)
+        return parsed
+
+    def _dead_letter(self, letters: list[tuple[DeadLetter, Any, int]]) -> None:
+        self.dead_letters.send([d for d, _, _ in letters])
+        now = time.time()
+        known = [
+            StatusUpdate(d.job_id, JobState.DEAD, d.reason, now)
+            for d, _, _ in letters
+            if d.job_id and _safe_id(d.job_id)
+        ]
+        self.status.update(known)
+        for d, tp, off in letters:
+            log.warning("dead letter %s@%s: %s", d.job_id or "-", off, d.reason)
+            self.offsets.settle(tp, off)
+        self.stats.dead_lettered += len(letters)
+
+    def _dispatch(self, batch: list[Entry]) -> None:
+        kind = batch[0].job.kind
+        queue = self.router.queue_for(kind)
+        payload = batch_payload(
+            [e.job.model_dump(mode="json") for e in batch],
+            batch_id=uuid.uuid4().hex,
+            queued_at=time.time(),
+        )
+        self.dispatcher.dispatch(queue, payload)
+        now = time.time()
+        self.status.update([StatusUpdate(e.job.job_id, JobState.BATCHED, at=now) for e in batch])
+        for e in batch:
+            self.offsets.settle(e.tp, e.offset)
+        self.stats.batches += 1
+        self.stats.dispatched_jobs += len(batch)
+        log.info("dispatched %d %s jobs of %s to %s", len(batch), kind, batch[0].job.model, queue)
+
+    def commit(self, force: bool = False) -> None:
+        points = self.offsets.commit_points()
+        if not points:
+            return
+        if not force and self.clock() - self._last_commit < 0.2 and self.offsets.pending():
+            return
+        self.source.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in points.items()})
+        self.offsets.committed(points)
+        self._last_commit = self.clock()
+
+    def flush_all(self) -> None:
+        """Dispatch every open batch now and commit (shutdown, partitions revoked)."""
+        for _, batch in self.batcher.drain():
+            self._dispatch(batch)
+        self.commit(force=True)
+
+    def on_revoked(self, tps: Iterable[Any]) -> None:
+        self.flush_all()
+        self.offsets.forget(tps)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.intake: Intake | None = None
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self.intake is not None:
+            self.intake.on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+
+def _safe_id(job_id: str) -> bool:
+    return len(job_id) <= 128 and all(c.isalnum() or c in "._-" for c in job_id)
+
+
+def make_consumer(settings: BlazeSettings, listener: ConsumerRebalanceListener) -> KafkaConsumer:
+    """A consumer in the intake group, subscribed to the job topics, committing by hand."""
+    topics = [settings.jobs_topic("llm")]
+    ensure_topics(settings, [*topics, settings.dead_letter_topic])
+    session = settings.kafka.consumer_session_timeout_ms
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.consumer_group,
+            client_id=f"{settings.namespace}-intake",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=500,
+            session_timeout_ms=session,
+            heartbeat_interval_ms=max(1000, session // 4),
+            max_poll_interval_ms=300_000,
+            **settings.kafka.client_config(),
+        )
+    except (NoBrokersAvailable, KafkaError, OSError) as exc:
+        raise unavailable(settings, exc) from None
+    consumer.subscribe(topics=topics, listener=listener)
+    return consumer
+
+
+def run_intake(
+    settings: BlazeSettings,
+    devices: Sequence[str] = ("cpu",),
+    stop: threading.Event | None = None,
+    dispatcher: Dispatcher | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> IntakeStats:
+    """Run the consumer until ``stop`` is set or SIGTERM/SIGINT arrives (main thread only)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+
+        def _stop(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: stopping intake", signum)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    listener = _Listener()
+    consumer = make_consumer(settings, listener)
+    dead = KafkaDeadLetters(settings)
+    intake = Intake(
+        settings,
+        consumer,
+        dispatcher or CeleryDispatcher(settings),
+        dead,
+        RedisStatusStore(settings),
+        RoundRobinRouter(settings, devices),
+    )
+    listener.intake = intake
+    ready = False
+    try:
+        while not stop.is_set():
+            intake.step()
+            if not ready and consumer.assignment():
+                ready = True
+                log.info("intake joined group %s", settings.consumer_group)
+                if on_ready:
+                    on_ready()
+    finally:
+        if consumer.assignment():
+            intake.flush_all()
+            consumer.close(autocommit=False)
+        else:
+            # Tansu wedges a group when a member closes mid-join; leaving without a
+            # LeaveGroup lets the session timeout clean it up instead.
+            log.info("intake stopped before joining; leaving without closing the consumer")
+        dead.close()
+    return intake.stats

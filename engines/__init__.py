@@ -1,0 +1,1 @@
+"""Workers and engines: device pinning, model loading, batched inference, the Celery tasks."""

@@ -1,0 +1,224 @@
+"""The LLM engine: a transformers causal LM generating for a whole batch with left padding.
+
+Rows of one batch may ask for different ``max_new_tokens`` and ``stop`` strings: a per-row
+stopping criterion ends each row at its own limit, so one long job does not make the short
+ones generate past theirs, and generation stops as soon as every row is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+
+from engines.base import Output
+from pipelines.errors import ModelUnavailable
+from pipelines.jobs import LLMJob
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class _RowLimits(StoppingCriteria):
+    """Marks each row done at its own token limit or when it produced one of its stop strings."""
+
+    def __init__(self, prompt_len: int, limits: list[int], stops: list[list[str]], tokenizer: Any):
+        self.prompt_len = prompt_len
+        self.limits = torch.tensor(limits)
+        self.stops = stops
+        self.tokenizer = tokenizer
+        self.tail = max((len(s) for row in stops for s in row), default=0) + 8
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kw: Any
+    ) -> torch.BoolTensor:
+        generated = input_ids.shape[1] - self.prompt_len
+        done = self.limits.to(input_ids.device) <= generated
+        for i, row_stops in enumerate(self.stops):
+            if row_stops and not done[i]:
+                tail_ids = input_ids[i, max(self.prompt_len, input_ids.shape[1] - self.tail) :]
+                tail = self.tokenizer.decode(tail_ids, skip_special_tokens=True)
+                if any(s in tail for s in row_stops):
+                    done[i] = True
+        return done  # type: ignore[return-value]
+
+
+def weights_digest(path: Path) -> str:
+    """A short content hash of the weight files, recorded as provenance."""
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        stat = f.stat()
+        h.update(f"{f.name}:{stat.st_size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))  # first MiB: cheap and distinguishes real weights
+    return h.hexdigest()[:16]
+
+
+class TransformersLLM:
+    """An LLM loaded once on one device, generating for whole batches.
+
+    Args:
+        name: The model name jobs use.
+        path: A folder loadable by ``from_pretrained`` (config, weights, tokenizer).
+        dtype: ``bfloat16`` (fastest on recent CPUs and GPUs), ``float16`` or ``float32``.
+    """
+
+    def __init__(self, name: str, path: Path, dtype: str = "bfloat16") -> None:
+        if dtype not in DTYPES:
+            raise ModelUnavailable(f"model {name}: dtype {dtype!r} is not one of {sorted(DTYPES)}")
+        self.name = name
+        self.path = Path(path)
+        self.dtype = dtype
+        self.device = "cpu"
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self._digest = ""
+
+    def load(self, device: str) -> None:
+        try:
+            tok = AutoTokenizer.from_pretrained(self.path)
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=DTYPES[self.dtype])
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(
+                f"model {self.name} failed to load from {self.path}: {exc}"
+            ) from None
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        self.model = model.to(device).eval()  # type: ignore[arg-type]
+        self.tokenizer = tok
+        self.device = device
+        self._digest = weights_digest(self.path)
+        log.info("loaded %s from %s on %s (%s)", self.name, self.path, device, self.dtype)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "weights": self._digest,
+            "path": str(self.path),
+            "dtype": self.dtype,
+            "device": self.device,
+        }
+
+    def _render(self, job: LLMJob) -> str:
+        if job.messages is not None:
+            msgs = [m.model_dump() for m in job.messages]
+            text: str = self.tokenizer.apply_chat_template(
+                msgs, tokenize=False, add_generation_prompt=True
+            )
+            return text
+        assert job.prompt is not None
+        return job.prompt
+
+    def run(self, batch: Sequence[LLMJob]) -> list[Output]:
+        if self.model is None:
+            raise ModelUnavailable(f"model {self.name} is not loaded")
+        outputs: list[Output | None] = [None] * len(batch)
+        # Rows that sample differently cannot share one generate call; greedy rows always can.
+        groups: dict[tuple[bool, float, float, int | None], list[int]] = {}
+        for i, job in enumerate(batch):
+            sample = job.temperature > 0
+            key = (
+                sample,
+                job.temperature if sample else 0.0,
+                job.top_p if sample else 1.0,
+                job.seed if sample else None,
+            )
+            groups.setdefault(key, []).append(i)
+        for (sample, temperature, top_p, seed), rows in groups.items():
+            jobs = [batch[i] for i in rows]
+            try:
+                results = self._generate(jobs, sample, temperature, top_p, seed)
+            except Exception as exc:  # one bad group must not fail the others
+                log.exception("generation failed for %d jobs of %s", len(jobs), self.name)
+                results = [Output(error=f"generation failed: {type(exc).__name__}: {exc}")] * len(
+                    jobs
+                )
+            for i, out in zip(rows, results, strict=True):
+                outputs[i] = out
+        return [o if o is not None else Output(error="no output") for o in outputs]
+
+    def _generate(
+        self, jobs: list[LLMJob], sample: bool, temperature: float, top_p: float, seed: int | None
+    ) -> list[Output]:
+        tok = self.tokenizer
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
+        texts: list[str] = []
+        prompt_lens: list[int] = []
+        errors: dict[int, str] = {}
+        for i, job in enumerate(jobs):
+            try:
+                text = self._render(job)
+            except Exception as exc:
+                errors[i] = f"cannot render prompt: {exc}"
+                text = ""
+            n = len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
+            if n + job.max_new_tokens > limit:
+                errors[i] = (
+                    f"prompt ({n} tokens) + max_new_tokens ({job.max_new_tokens}) "
+                    f"exceeds the model's {limit}-token context"
+                )
+            texts.append(text)
+            prompt_lens.append(n)
+        live = [i for i in range(len(jobs)) if i not in errors]
+        out: list[Output] = [Output(error=errors.get(i)) for i in range(len(jobs))]
+        if not live:
+            return out
+        enc = tok(
+            [texts[i] for i in live], return_tensors="pt", padding=True, add_special_tokens=False
+        )
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        width = enc["input_ids"].shape[1]
+        limits = [jobs[i].max_new_tokens for i in live]
+        stops = [list(jobs[i].stop) for i in live]
+        criteria = StoppingCriteriaList([_RowLimits(width, limits, stops, tok)])
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": max(limits),
+            "pad_token_id": tok.pad_token_id,
+        }
+        if sample:
+            gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+            torch.manual_seed(seed if seed is not None else torch.seed())
+        else:
+            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            seqs = self.model.generate(**enc, stopping_criteria=criteria, **gen_kwargs)
+        eos = set(_as_list(self.model.generation_config.eos_token_id)) | {tok.eos_token_id}
+        for row, i in enumerate(live):
+            ids = seqs[row, width:].tolist()[: limits[row]]
+            finish = "length"
+            for n, t in enumerate(ids):
+                if t in eos:
+                    ids, finish = ids[:n], "stop"
+                    break
+            text = tok.decode(ids, skip_special_tokens=True)
+            for s in stops[row]:
+                cut = text.find(s)
+                if cut >= 0:
+                    text, finish = text[:cut], "stop"
+            out[i] = Output(
+                text=text,
+                finish_reason=finish,
+                prompt_tokens=prompt_lens[i],
+                completion_tokens=len(ids),
+            )
+        return out
+
+
+def _as_list(value: int | list[int] | None) -> list[int]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)
+
+
+def read_model_card(path: Path) -> dict[str, Any]:
+    """The ``blaze.json`` a model folder may carry (dtype, batch limits); empty if none."""
+    card = path / "blaze.json"
+    return json.loads(card.read_text()) if card.exists() else {}

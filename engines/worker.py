@@ -1,0 +1,301 @@
+"""The worker: one process pinned to one device, running whole batches from its Celery queue.
+
+Per batch: skip jobs that already have a result (redelivery), mark the rest running, run the
+engine once per model, write every result to S3 concurrently, then record terminal states in
+one pipelined call. Infrastructure errors retry the task; job errors fail only their jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from engines.base import Engine, Output
+from pipelines.errors import ConfigError, ModelUnavailable, ServiceUnavailable
+from pipelines.jobs import LLMJob
+from pipelines.results import LLMResult, Usage
+from pipelines.settings import BlazeSettings
+from pipelines.status import JobState, StatusStore, StatusUpdate
+from pipelines.storage import ResultStore
+from pipelines.tasks import RUN_BATCH
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[str], Engine]
+RETRY_FAILED_LOAD_S = 60.0
+
+
+@dataclass
+class EngineCache:
+    """Engines by model name, each loaded once on this worker's device and then reused.
+
+    A model that fails to load is remembered as unhealthy for ``RETRY_FAILED_LOAD_S``: its
+    jobs fail with the load error instead of the worker crashing or reloading every batch.
+    """
+
+    factory: EngineFactory
+    device: str
+    engines: dict[str, Engine] = field(default_factory=dict)
+    failures: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+    def get(self, model: str) -> Engine:
+        if model in self.engines:
+            return self.engines[model]
+        failed = self.failures.get(model)
+        if failed and time.monotonic() - failed[0] < RETRY_FAILED_LOAD_S:
+            raise ModelUnavailable(failed[1])
+        try:
+            engine = self.factory(model)
+            engine.load(self.device)
+        except ModelUnavailable as exc:
+            self.failures[model] = (time.monotonic(), str(exc))
+            raise
+        except Exception as exc:  # any loader error marks the model unhealthy, not the worker
+            msg = f"model {model} failed to load: {type(exc).__name__}: {exc}"
+            self.failures[model] = (time.monotonic(), msg)
+            raise ModelUnavailable(msg) from exc
+        self.failures.pop(model, None)
+        self.engines[model] = engine
+        return engine
+
+    def health(self) -> dict[str, str]:
+        out = {m: "loaded" for m in self.engines}
+        out.update({m: f"unhealthy: {why}" for m, (_, why) in self.failures.items()})
+        return out
+
+
+class BatchRunner:
+    """Runs one dispatched batch end to end; safe to call again with the same batch."""
+
+    def __init__(
+        self,
+        settings: BlazeSettings,
+        results: ResultStore,
+        status: StatusStore,
+        engines: EngineCache,
+    ) -> None:
+        self.settings = settings
+        self.results = results
+        self.status = status
+        self.engines = engines
+
+    def run(self, payload: dict[str, Any]) -> dict[str, int]:
+        started = time.time()
+        queued_at = float(payload.get("queued_at", started))
+        jobs, broken = self._parse(payload.get("jobs", []))
+        keys = {j.job_id: self.settings.result_key(j.job_id) for j in jobs}
+        done = self.results.existing(keys.values())
+        redelivered = [j for j in jobs if keys[j.job_id] in done]
+        todo = [j for j in jobs if keys[j.job_id] not in done]
+        if redelivered:
+            self._settle_existing(redelivered, keys)
+        self.status.update([StatusUpdate(j.job_id, JobState.RUNNING, at=started) for j in todo])
+        docs: list[LLMResult] = list(broken)
+        by_model: dict[str, list[LLMJob]] = {}
+        for j in todo:
+            by_model.setdefault(j.model, []).append(j)
+        for model, group in by_model.items():
+            docs.extend(self._run_model(model, group, queued_at, len(jobs)))
+        self.results.put_many(
+            [(self.settings.result_key(d.job_id), d.to_json(), "application/json") for d in docs]
+        )
+        now = time.time()
+        self.status.update(
+            [
+                StatusUpdate(
+                    d.job_id,
+                    JobState.SUCCEEDED if d.status == "succeeded" else JobState.FAILED,
+                    d.error or "",
+                    now,
+                )
+                for d in docs
+            ]
+        )
+        ok = sum(d.status == "succeeded" for d in docs)
+        return {
+            "jobs": len(jobs),
+            "succeeded": ok,
+            "failed": len(docs) - ok,
+            "skipped": len(redelivered),
+        }
+
+    def _parse(self, raw_jobs: Sequence[Any]) -> tuple[list[LLMJob], list[LLMResult]]:
+        jobs: list[LLMJob] = []
+        broken: list[LLMResult] = []
+        for raw in raw_jobs:
+            try:
+                jobs.append(LLMJob.model_validate(raw))
+            except ValidationError as exc:
+                # Only reachable if a producer bypassed intake; fail the job if it has an id.
+                jid = raw.get("job_id") if isinstance(raw, dict) else None
+                if isinstance(jid, str) and all(c.isalnum() or c in "._-" for c in jid) and jid:
+                    reason = f"invalid job reached the worker: {exc.error_count()} errors"
+                    broken.append(
+                        LLMResult(
+                            job_id=jid,
+                            status="failed",
+                            model=str(raw.get("model", "")),
+                            error=reason,
+                        )
+                    )
+                else:
+                    log.error("dropping unidentifiable job in batch: %s", exc)
+        return jobs, broken
+
+    def _settle_existing(self, jobs: list[LLMJob], keys: dict[str, str]) -> None:
+        updates = []
+        for j in jobs:
+            raw = self.results.get(keys[j.job_id])
+            state = JobState.SUCCEEDED
+            if raw is not None and LLMResult.model_validate_json(raw).status == "failed":
+                state = JobState.FAILED
+            updates.append(StatusUpdate(j.job_id, state, "result already written"))
+        self.status.update(updates)
+        log.info("skipped %d redelivered jobs that already have results", len(jobs))
+
+    def _run_model(
+        self, model: str, jobs: list[LLMJob], queued_at: float, batch_size: int
+    ) -> list[LLMResult]:
+        t0 = time.time()
+        try:
+            engine = self.engines.get(model)
+            outputs = engine.run(jobs)
+            if len(outputs) != len(jobs):
+                raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(jobs)} jobs")
+            prov = engine.describe()
+        except ModelUnavailable as exc:
+            outputs, prov = [Output(error=str(exc))] * len(jobs), {"model": model}
+        except Exception as exc:
+            log.exception("engine %s failed on a batch of %d", model, len(jobs))
+            outputs = [Output(error=f"engine error: {type(exc).__name__}: {exc}")] * len(jobs)
+            prov = {"model": model}
+        compute = time.time() - t0
+        docs = []
+        for job, out in zip(jobs, outputs, strict=True):
+            docs.append(
+                LLMResult(
+                    job_id=job.job_id,
+                    status="failed" if out.error else "succeeded",
+                    model=model,
+                    text=out.text,
+                    finish_reason=out.finish_reason,  # type: ignore[arg-type]
+                    usage=Usage(
+                        prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens
+                    ),
+                    error=out.error,
+                    provenance={
+                        **prov,
+                        "batch_size": batch_size,
+                        "seed": job.seed,
+                        "params": {
+                            "max_new_tokens": job.max_new_tokens,
+                            "temperature": job.temperature,
+                            "top_p": job.top_p,
+                            "stop": list(job.stop),
+                        },
+                    },
+                    timings={
+                        "queue_wait_s": round(max(0.0, t0 - job.submitted_at.timestamp()), 4),
+                        "batch_wait_s": round(max(0.0, t0 - queued_at), 4),
+                        "compute_s": round(compute, 4),
+                    },
+                    tags=dict(job.tags),
+                )
+            )
+        return docs
+
+
+def pin_device(device: str) -> str:
+    """Restrict this process to one device before torch initialises CUDA; returns torch's name."""
+    if device == "cpu":
+        return "cpu"
+    if device.startswith("cuda:") and device[5:].isdigit():
+        os.environ["CUDA_VISIBLE_DEVICES"] = device[5:]
+        return "cuda:0"
+    raise ConfigError(f"--device must be 'cpu' or 'cuda:N', got {device!r}")
+
+
+def llm_factory(settings: BlazeSettings, dtype: str) -> EngineFactory:
+    from engines.llm import TransformersLLM
+    from engines.models import resolve_model
+
+    def make(model: str) -> Engine:
+        return TransformersLLM(model, resolve_model(settings, model), dtype=dtype)
+
+    return make
+
+
+def run_worker(
+    settings: BlazeSettings,
+    device: str = "cpu",
+    preload: Sequence[str] = (),
+    dtype: str = "bfloat16",
+    loglevel: str = "INFO",
+) -> None:
+    """Serve ``{namespace}.llm.{device}`` until SIGTERM (warm shutdown finishes the batch)."""
+    torch_device = pin_device(device)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from pipelines.status import RedisStatusStore
+    from pipelines.storage import S3ResultStore
+    from pipelines.tasks import celery_app
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    if settings.worker.torch_threads:
+        torch.set_num_threads(settings.worker.torch_threads)
+    store = S3ResultStore(settings)
+    store.ensure_bucket()
+    status = RedisStatusStore(settings)
+    cache = EngineCache(llm_factory(settings, dtype), torch_device)
+    for model in preload:
+        try:
+            cache.get(model)
+        except ModelUnavailable as exc:
+            log.error("preload: %s", exc)
+    runner = BatchRunner(settings, store, status, cache)
+    app = celery_app(settings, name=f"{settings.namespace}-worker")
+
+    @app.task(
+        name=RUN_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
+    )  # type: ignore[untyped-decorator]
+    def run_batch(self: Any, payload: dict[str, Any]) -> dict[str, int]:
+        try:
+            summary = runner.run(payload)
+        except ServiceUnavailable as exc:
+            # Results could not be stored: retry the whole (idempotent) batch later.
+            log.warning("batch %s: %s; retrying", payload.get("batch_id"), exc)
+            raise self.retry(
+                exc=exc, countdown=min(60, 2 ** min(self.request.retries, 6))
+            ) from None
+        log.info("batch %s: %s", payload.get("batch_id"), summary)
+        return summary
+
+    queue = settings.queue("llm", device)
+    name = f"{settings.namespace}-llm-{device.replace(':', '')}@%h"
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            queue,
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "--hostname",
+            name,
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )

@@ -1,0 +1,188 @@
+"""Job schemas: what producers publish to Kafka, validated where it enters the system.
+
+Wire format: one JSON object per Kafka message on ``{namespace}.jobs.{kind}``, key = job id.
+Bounds keep one job from taking a worker down; ``job_id`` is restricted so it can never escape
+its S3 prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+JobId = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$", min_length=1, max_length=128
+    ),
+]
+ModelName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length=1, max_length=100)
+]
+MAX_PROMPT_CHARS = 32_000
+PAYLOAD_KEEP_BYTES = 4096
+
+
+def new_job_id() -> str:
+    """A random job id that sorts roughly by creation time."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:16]}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ChatMessage(BaseModel):
+    """One turn of a chat conversation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)]
+
+
+class LLMJob(BaseModel):
+    """A text-generation job: either a raw ``prompt`` or chat ``messages``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["llm"] = "llm"
+    job_id: JobId = Field(default_factory=new_job_id)
+    model: ModelName
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = (
+        None
+    )
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=64)] | None = None
+    max_new_tokens: int = Field(default=64, ge=1, le=4096)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(max_length=4)
+    ] = []
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    priority: int = Field(default=5, ge=0, le=9)
+    deadline: datetime | None = None
+    tags: Annotated[
+        dict[
+            Annotated[str, StringConstraints(max_length=64)],
+            Annotated[str, StringConstraints(max_length=256)],
+        ],
+        Field(max_length=16),
+    ] = {}
+    submitted_at: datetime = Field(default_factory=_now)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> LLMJob:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+
+Job = LLMJob
+JOB_MODELS: dict[str, type[BaseModel]] = {"llm": LLMJob}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a message came from on Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message Blaze could not run, with why and where it came from."""
+
+    stage: str
+    reason: str
+    job_id: str | None = None
+    source: Source | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    payload: str = ""
+    at: str = field(default_factory=lambda: _now().isoformat())
+
+    def to_json(self) -> bytes:
+        src = None if self.source is None else self.source.__dict__
+        body = {
+            "job_id": self.job_id,
+            "stage": self.stage,
+            "reason": self.reason,
+            "errors": self.errors,
+            "source": src,
+            "at": self.at,
+            "payload": self.payload,
+        }
+        return json.dumps(body, default=str).encode()
+
+
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_input=False, include_url=False)
+    ]
+
+
+def _summary(errors: list[dict[str, Any]]) -> str:
+    parts = [f"{e['loc']}: {e['msg']}" if e["loc"] else str(e["msg"]) for e in errors[:5]]
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def parse_job(raw: bytes | None, kind: str, source: Source | None = None) -> LLMJob | DeadLetter:
+    """Validate one Kafka message body as a job of ``kind``; anything else is a dead letter."""
+    payload = (raw or b"")[:PAYLOAD_KEEP_BYTES].decode(errors="replace")
+    try:
+        data = json.loads(raw or b"")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return DeadLetter("intake", f"invalid JSON: {exc}", source=source, payload=payload)
+    job_id = data.get("job_id") if isinstance(data, dict) else None
+    job_id = job_id if isinstance(job_id, str) and len(job_id) <= 128 else None
+    if not isinstance(data, dict):
+        reason = f"invalid job: expected a JSON object, got {type(data).__name__}"
+        return DeadLetter("intake", reason, source=source, payload=payload)
+    if data.get("kind", kind) != kind:
+        reason = f"invalid job: kind {data.get('kind')!r} published to the {kind!r} topic"
+        return DeadLetter("intake", reason, job_id=job_id, source=source, payload=payload)
+    model = JOB_MODELS.get(kind)
+    if model is None:
+        return DeadLetter("intake", f"unknown job kind {kind!r}", job_id, source, payload=payload)
+    try:
+        job = model.model_validate(data)
+    except ValidationError as exc:
+        errors = _errors(exc)
+        return DeadLetter(
+            "intake", f"invalid job: {_summary(errors)}", job_id, source, errors, payload
+        )
+    assert isinstance(job, LLMJob)
+    return job
+
+
+def validate_job(data: dict[str, Any], kind: str = "llm") -> LLMJob:
+    """Validate a job built in Python (SDK, CLI); raises ``InvalidJob`` naming the fields."""
+    from pipelines.errors import InvalidJob
+
+    model = JOB_MODELS.get(kind)
+    if model is None:
+        raise InvalidJob(f"unknown job kind {kind!r}; known: {sorted(JOB_MODELS)}")
+    try:
+        job = model.model_validate(data)
+    except ValidationError as exc:
+        errors = _errors(exc)
+        raise InvalidJob(
+            f"invalid {kind} job: {_summary(errors)}", job_id=data.get("job_id"), errors=errors
+        ) from None
+    assert isinstance(job, LLMJob)
+    return job

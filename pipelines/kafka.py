@@ -1,0 +1,67 @@
+"""kafka-python clients built from settings, with errors that name the broker address."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+
+from pipelines.errors import ServiceUnavailable
+from pipelines.settings import BlazeSettings
+
+log = logging.getLogger(__name__)
+
+
+def unavailable(settings: BlazeSettings, exc: Exception) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Kafka", settings.kafka_bootstrap, f"{type(exc).__name__}: {exc}"[:200]
+    )
+
+
+def ensure_topics(settings: BlazeSettings, topics: Iterable[str]) -> None:
+    """Create the topics that are missing (idempotent; existing ones are left as they are)."""
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id=f"{settings.namespace}-admin",
+            request_timeout_ms=15_000,
+            **settings.kafka.client_config(),
+        )
+    except (NoBrokersAvailable, KafkaError, OSError) as exc:
+        raise unavailable(settings, exc) from None
+    try:
+        for topic in topics:
+            # One request per topic: a batch request fails as a whole when one exists.
+            new = NewTopic(topic, settings.kafka.partitions, settings.kafka.replication_factor)
+            try:
+                admin.create_topics([new])
+                log.info("created topic %s", topic)
+            except TopicAlreadyExistsError:
+                pass
+    except KafkaError as exc:
+        raise unavailable(settings, exc) from None
+    finally:
+        admin.close()
+
+
+def make_producer(settings: BlazeSettings, **overrides: Any) -> KafkaProducer:
+    """A producer that only reports success once every in-sync replica has the message."""
+    cfg: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "acks": "all",
+        "retries": 10,
+        "linger_ms": 5,
+        "max_in_flight_requests_per_connection": 1,
+        "request_timeout_ms": 30_000,
+        "client_id": f"{settings.namespace}-producer",
+        **settings.kafka.client_config(),
+    }
+    cfg.update(overrides)
+    try:
+        return KafkaProducer(**cfg)
+    except (NoBrokersAvailable, KafkaError, OSError) as exc:
+        raise unavailable(settings, exc) from None

@@ -1,0 +1,38 @@
+"""The result document of a job, stored at ``{namespace}/jobs/{job_id}/result.json``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Usage(BaseModel):
+    """Token counts of one generation."""
+
+    model_config = ConfigDict(frozen=True)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class LLMResult(BaseModel):
+    """Outcome of one LLM job; ``status`` says whether ``text`` or ``error`` is set."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    job_id: str
+    kind: Literal["llm"] = "llm"
+    status: Literal["succeeded", "failed"]
+    model: str
+    text: str | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+    usage: Usage = Usage()
+    error: str | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()

@@ -1,0 +1,193 @@
+"""All of Blaze's configuration: one frozen settings object read from ``BLAZE_*`` and ``.env``.
+
+Nested groups use ``__`` in variable names, e.g. ``BLAZE_KAFKA__BOOTSTRAP_SERVERS`` or
+``BLAZE_S3__SECRET_KEY``. Endpoints left unset point at the embedded stack (``blaze stack up``),
+so the same commands reach external Kafka, Redis and S3 by settings alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipelines.errors import ConfigError
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
+Port = int
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Group):
+    """Kafka (or any Kafka-protocol broker) connection and topic layout."""
+
+    bootstrap_servers: str | None = Field(
+        default=None, description="host:port[,host:port]; unset means the embedded broker"
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    consumer_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+
+    def client_config(self) -> dict[str, Any]:
+        """Security keyword arguments shared by every kafka-python client."""
+        cfg: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_username
+            cfg["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        if self.ssl_cafile:
+            cfg["ssl_cafile"] = self.ssl_cafile
+        return cfg
+
+
+class RedisSettings(_Group):
+    """Redis or Valkey: Celery broker and the job status store."""
+
+    url: str | None = Field(default=None, description="redis://host:port/db; unset = embedded")
+    password: SecretStr | None = None
+    status_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+
+
+class S3Settings(_Group):
+    """S3-compatible storage for results (AWS S3, MinIO, SeaweedFS)."""
+
+    endpoint: str | None = Field(default=None, description="host:port; unset = embedded")
+    access_key: str = "blaze"
+    secret_key: SecretStr = SecretStr("blaze-secret-key")
+    bucket: str = Field(default="blaze-results", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    region: str = "us-east-1"
+    secure: bool = False
+    write_threads: int = Field(default=16, ge=1, le=256)
+
+
+class StackSettings(_Group):
+    """Where and on which ports ``blaze stack up`` runs the embedded services."""
+
+    state_dir: Path = Path(".blaze/stack")
+    kafka_port: Port = Field(default=19092, ge=1024, le=65535)
+    s3_port: Port = Field(default=18333, ge=1024, le=65535)
+    redis_port: Port = Field(default=16379, ge=1024, le=65535)
+    seaweed_port_base: Port = Field(
+        default=18400,
+        ge=1024,
+        le=55530,
+        description="SeaweedFS master, filer, volume, admin take base..base+3; gRPC +10000",
+    )
+    kafka_bucket: str = "blaze-kafka"
+    start_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class BatchSettings(_Group):
+    """Default micro-batching limits (per model overrides come with the model registry)."""
+
+    max_size: int = Field(default=16, ge=1, le=1024)
+    max_wait_s: float = Field(default=0.5, gt=0, le=600)
+
+
+class WorkerSettings(_Group):
+    """Celery worker behaviour."""
+
+    visibility_timeout_s: int = Field(
+        default=3600, ge=10, description="longer than the longest batch, or it runs twice"
+    )
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
+
+
+class BlazeSettings(BaseSettings):
+    """Every setting Blaze reads, validated once at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BLAZE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    namespace: str = Field(
+        default="blaze",
+        pattern=NAME_PATTERN,
+        description="prefix of topics, queues, Redis keys and S3 keys",
+    )
+    models_dir: Path = Path(".blaze/models")
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    s3: S3Settings = S3Settings()
+    stack: StackSettings = StackSettings()
+    batch: BatchSettings = BatchSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @model_validator(mode="after")
+    def _ports_distinct(self) -> BlazeSettings:
+        st = self.stack
+        base = st.seaweed_port_base
+        seaweed = [base + i for i in range(4)] + [base + 10_000 + i for i in range(4)]
+        named = {"kafka_port": st.kafka_port, "s3_port": st.s3_port, "redis_port": st.redis_port}
+        for name, port in named.items():
+            if port in seaweed or port + 10_000 in seaweed:
+                raise ValueError(f"stack.{name}={port} collides with SeaweedFS ports {seaweed}")
+        if len(set(named.values())) != len(named):
+            raise ValueError(f"stack ports must differ: {named}")
+        return self
+
+    # -- resolved endpoints -------------------------------------------------------------
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.kafka.bootstrap_servers or f"127.0.0.1:{self.stack.kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url or f"redis://127.0.0.1:{self.stack.redis_port}/0"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return self.s3.endpoint or f"127.0.0.1:{self.stack.s3_port}"
+
+    # -- names derived from the namespace ------------------------------------------------
+    def jobs_topic(self, kind: str) -> str:
+        return f"{self.namespace}.jobs.{kind}"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.namespace}.dead-letter"
+
+    @property
+    def consumer_group(self) -> str:
+        return f"{self.namespace}.intake"
+
+    def queue(self, engine: str, device: str) -> str:
+        """Celery queue of one engine on one device, e.g. ``blaze.llm.cpu``."""
+        return f"{self.namespace}.{engine}.{device.replace(':', '')}"
+
+    def result_prefix(self, job_id: str) -> str:
+        return f"{self.namespace}/jobs/{job_id}/"
+
+    def result_key(self, job_id: str) -> str:
+        """Where a job's result lives; depends only on the namespace and the job id."""
+        return f"{self.result_prefix(job_id)}result.json"
+
+
+def load_settings(**overrides: Any) -> BlazeSettings:
+    """Read settings from the environment; a bad value raises ``ConfigError`` naming it."""
+    try:
+        return BlazeSettings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"BLAZE_{'__'.join(str(p).upper() for p in err['loc'])}: {err['msg']}"
+            if err["loc"]
+            else err["msg"]
+            for err in exc.errors(include_input=False)
+        )
+        raise ConfigError(f"invalid settings: {problems}", stage="settings") from None

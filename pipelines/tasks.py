@@ -1,0 +1,47 @@
+"""The Celery side of the contract between consumers and workers: app config and task names.
+
+Consumers send tasks by name to a queue; workers register the implementations. Neither imports
+the other. Tasks are acknowledged late and rejected when the worker is lost, so a batch whose
+worker dies goes back to the queue; results are idempotent, so a rerun is harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from pipelines.settings import BlazeSettings
+
+RUN_BATCH = "blaze.run_batch"
+
+
+def celery_app(settings: BlazeSettings, name: str = "blaze") -> Celery:
+    """A Celery app on the Redis broker from settings (no result backend: results go to S3)."""
+    app = Celery(name, broker=settings.redis_url, set_as_current=False)
+    pw = settings.redis.password
+    transport: dict[str, Any] = {
+        "visibility_timeout": settings.worker.visibility_timeout_s,
+        "socket_connect_timeout": 5,
+    }
+    if pw is not None:
+        app.conf.broker_password = pw.get_secret_value()
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport,
+        task_default_queue=settings.queue("llm", "cpu"),
+    )
+    return app
+
+
+def batch_payload(jobs: list[dict[str, Any]], *, batch_id: str, queued_at: float) -> dict[str, Any]:
+    """The body of one ``run_batch`` task: the jobs themselves plus batch bookkeeping."""
+    return {"batch_id": batch_id, "queued_at": queued_at, "jobs": jobs}

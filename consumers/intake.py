@@ -149,7 +149,7 @@ class Intake:
         self.offsets = OffsetTracker()
         self.stats = IntakeStats()
         self._kinds = {settings.jobs_topic(k): k for k in ("llm",)}
-        self._last_commit = 0.0
+        self._last_commit = float("-inf")
 
     # -- one turn of the loop ----------------------------------------------------------------
     def step(self, max_poll_s: float = 0.5) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery import Celery
 from pydantic import ValidationError
 
 from engines.base import Engine, Output
@@ -23,7 +24,7 @@ from pipelines.results import LLMResult, Usage
 from pipelines.settings import BlazeSettings
 from pipelines.status import JobState, StatusStore, StatusUpdate
 from pipelines.storage import ResultStore
-from pipelines.tasks import RUN_BATCH
+from pipelines.tasks import RUN_BATCH, celery_app
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,28 @@ def llm_factory(settings: BlazeSettings, dtype: str) -> EngineFactory:
     return make
 
 
+def worker_app(settings: BlazeSettings, runner: BatchRunner) -> Celery:
+    """A Celery app with ``blaze.run_batch`` bound to ``runner``."""
+    app = celery_app(settings, name=f"{settings.namespace}-worker")
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=RUN_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
+    )
+    def run_batch(self: Any, payload: dict[str, Any]) -> dict[str, int]:
+        try:
+            summary = runner.run(payload)
+        except ServiceUnavailable as exc:
+            # Results could not be stored: retry the whole (idempotent) batch later.
+            log.warning("batch %s: %s; retrying", payload.get("batch_id"), exc)
+            raise self.retry(
+                exc=exc, countdown=min(60, 2 ** min(self.request.retries, 6))
+            ) from None
+        log.info("batch %s: %s", payload.get("batch_id"), summary)
+        return summary
+
+    return app
+
+
 def run_worker(
     settings: BlazeSettings,
     device: str = "cpu",
@@ -247,7 +270,6 @@ def run_worker(
 
     from pipelines.status import RedisStatusStore
     from pipelines.storage import S3ResultStore
-    from pipelines.tasks import celery_app
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     if settings.worker.torch_threads:
@@ -261,24 +283,7 @@ def run_worker(
             cache.get(model)
         except ModelUnavailable as exc:
             log.error("preload: %s", exc)
-    runner = BatchRunner(settings, store, status, cache)
-    app = celery_app(settings, name=f"{settings.namespace}-worker")
-
-    @app.task(
-        name=RUN_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
-    )  # type: ignore[untyped-decorator]
-    def run_batch(self: Any, payload: dict[str, Any]) -> dict[str, int]:
-        try:
-            summary = runner.run(payload)
-        except ServiceUnavailable as exc:
-            # Results could not be stored: retry the whole (idempotent) batch later.
-            log.warning("batch %s: %s; retrying", payload.get("batch_id"), exc)
-            raise self.retry(
-                exc=exc, countdown=min(60, 2 ** min(self.request.retries, 6))
-            ) from None
-        log.info("batch %s: %s", payload.get("batch_id"), summary)
-        return summary
-
+    app = worker_app(settings, BatchRunner(settings, store, status, cache))
     queue = settings.queue("llm", device)
     name = f"{settings.namespace}-llm-{device.replace(':', '')}@%h"
     app.worker_main(

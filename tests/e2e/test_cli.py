@@ -1,0 +1,238 @@
+"""Blaze as a user runs it: the ``blaze`` command, separate processes, plain S3 and Kafka clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from minio import Minio
+
+from tests.conftest import free_stack_ports, stack_env
+
+pytestmark = pytest.mark.e2e
+BLAZE = str(Path(sys.executable).parent / "blaze")
+
+
+class User:
+    """Runs ``blaze`` with one environment, like a shell with BLAZE_* exported."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.cwd = cwd
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [BLAZE, *args],
+            env=self.env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def ok(self, *args: str, timeout: float = 120) -> str:
+        res = self.run(*args, timeout=timeout)
+        assert res.returncode == 0, (
+            f"blaze {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+        )
+        return res.stdout
+
+    def start(self, *args: str, log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(
+                [BLAZE, *args], env=self.env, cwd=self.cwd, stdout=fh, stderr=subprocess.STDOUT
+            )
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def user(tmp_path: Path) -> Iterator[User]:
+    ports = free_stack_ports()
+    env = stack_env(tmp_path / "state", ports)
+    env["BLAZE_MODELS_DIR"] = str(tmp_path / "models")
+    env["BLAZE_NAMESPACE"] = "e2e"
+    env["BLAZE_BATCH__MAX_WAIT_S"] = "0.3"
+    u = User(env, tmp_path)
+    u.ports = ports  # type: ignore[attr-defined]
+    try:
+        yield u
+    finally:
+        u.stop_all()
+        u.run("stack", "down", timeout=60)
+
+
+def wait_for_line(log: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(
+        f"{text!r} not in {log} after {timeout}s:\n{log.read_text(errors='replace')[-3000:]}"
+    )
+
+
+def test_user_runs_jobs_from_kafka_to_s3(user: User, tmp_path: Path) -> None:
+    ports = user.ports  # type: ignore[attr-defined]
+    user.ok("stack", "up", timeout=120)
+    again = user.ok("stack", "up", timeout=60)
+    assert again.count("already running") == 3
+    assert "healthy" in user.ok("stack", "status")
+
+    user.ok("models", "make-tiny", str(tmp_path / "models" / "tiny"))
+    assert "tiny" in user.ok("models", "list").split()
+    worker = user.start(
+        "worker",
+        "--device",
+        "cpu",
+        "--model",
+        "tiny",
+        "--dtype",
+        "float32",
+        log=tmp_path / "worker.log",
+    )
+    consumer = user.start("consume", log=tmp_path / "consumer.log")
+    wait_for_line(tmp_path / "worker.log", "ready", 90)
+    wait_for_line(tmp_path / "consumer.log", "intake joined group", 90)
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": f"tell me about {i}", "max_new_tokens": 4}) + "\n"
+            for i in range(19)
+        )
+    )
+    ids = user.ok("submit", "llm", "--model", "tiny", "--file", str(prompts)).split()
+    ids += user.ok("submit", "llm", "--model", "tiny", "--prompt", "hello", "--chat").split()
+    assert len(ids) == 20 and len(set(ids)) == 20
+
+    kafka = f"127.0.0.1:{ports['kafka_port']}"
+    producer = KafkaProducer(bootstrap_servers=kafka)
+    for bad in (
+        b"not json at all",
+        b'{"job_id": "e2e-bad", "model": "tiny"}',
+        b'{"model": "tiny", "prompt": 5}',
+    ):
+        producer.send("e2e.jobs.llm", bad)
+    producer.flush()
+    producer.close()
+
+    done = user.run("wait", *ids, "--timeout", "120", timeout=150)
+    assert done.returncode == 0, done.stderr
+    assert "20 succeeded, 0 not" in done.stdout
+    status = json.loads(user.ok("status", ids[0], "--json"))
+    assert status[ids[0]]["state"] == "succeeded"
+
+    s3 = Minio(
+        f"127.0.0.1:{ports['s3_port']}",
+        access_key="blaze",
+        secret_key="blaze-secret-key",
+        secure=False,
+    )
+    for jid in ids:
+        body = json.loads(s3.get_object("blaze-results", f"e2e/jobs/{jid}/result.json").read())
+        assert (
+            body["job_id"] == jid
+            and body["status"] == "succeeded"
+            and isinstance(body["text"], str)
+        )
+
+    letters = []
+    dlq = KafkaConsumer(
+        "e2e.dead-letter",
+        bootstrap_servers=kafka,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=8000,
+    )
+    for msg in dlq:
+        letters.append(json.loads(msg.value))
+    dlq.close()
+    assert len(letters) == 3
+    assert all(d["reason"] and d["source"]["topic"] == "e2e.jobs.llm" for d in letters)
+    assert "e2e-bad" in {d["job_id"] for d in letters}
+
+    for proc in (consumer, worker):
+        proc.send_signal(signal.SIGTERM)
+    assert consumer.wait(60) == 0 and worker.wait(60) == 0
+
+    # data survives a restart of the whole stack
+    assert "stopped" in user.ok("stack", "down", timeout=60)
+    assert user.run("stack", "status").returncode == 1
+    user.ok("stack", "up", timeout=120)
+    body = json.loads(s3.get_object("blaze-results", f"e2e/jobs/{ids[5]}/result.json").read())
+    assert body["job_id"] == ids[5]
+    assert json.loads(user.ok("status", ids[5], "--json"))[ids[5]]["state"] == "succeeded"
+    dlq = KafkaConsumer(
+        "e2e.dead-letter",
+        bootstrap_servers=kafka,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=8000,
+    )
+    assert len(list(dlq)) == 3
+    dlq.close()
+
+
+def test_bad_arguments_and_unreachable_services_are_one_clear_line(
+    user: User, tmp_path: Path
+) -> None:
+    cases = [
+        (["submit", "llm", "--model", "tiny"], 2, "give exactly one of --prompt or --file"),
+        (
+            ["submit", "llm", "--model", "tiny", "--prompt", "x", "--max-new-tokens", "0"],
+            2,
+            "max_new_tokens",
+        ),
+        (["submit", "llm", "--model", "../x", "--prompt", "x"], 2, "model"),
+        (
+            ["submit", "llm", "--model", "tiny", "--file", str(tmp_path / "none.jsonl")],
+            2,
+            "none.jsonl",
+        ),
+        (["worker", "--device", "tpu"], 2, "--device"),
+        (["wait", "abc", "--timeout", "-1"], 2, "--timeout"),
+        (["no-such-command"], 2, "no-such-command"),
+        (
+            ["submit", "llm", "--model", "tiny", "--prompt", "x"],
+            1,
+            "Kafka is not reachable at 127.0.0.1:",
+        ),
+        (["status", "abc"], 1, "Redis is not reachable at redis://127.0.0.1:"),
+    ]
+    for args, code, text in cases:
+        res = user.run(*args, timeout=60)
+        assert res.returncode == code, (args, res.stdout, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("blaze: error") and text in lines[0], (
+            args,
+            res.stderr,
+        )
+    bad_env = User({**user.env, "BLAZE_KAFKA__PARTITIONS": "zero"}, tmp_path)
+    res = bad_env.run("status", "x")
+    assert res.returncode == 2 and "BLAZE_KAFKA__PARTITIONS" in res.stderr
+
+
+def test_a_taken_port_is_named(user: User) -> None:
+    ports = user.ports  # type: ignore[attr-defined]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports["redis_port"]))
+        s.listen()
+        res = user.run("stack", "up", timeout=120)
+    assert res.returncode == 1
+    assert f"port {ports['redis_port']}" in res.stderr and "redis" in res.stderr

@@ -1,0 +1,94 @@
+"""Kafka → intake → Celery → worker → S3, all real, with tiny models."""
+
+import json
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from pipelines.client import Client
+from pipelines.jobs import LLMJob
+from pipelines.settings import BlazeSettings
+from pipelines.status import JobState
+from tests.integration.conftest import running_intake, running_worker
+
+pytestmark = pytest.mark.integration
+
+MALFORMED = [
+    b"{definitely not json",
+    b"[]",
+    b'{"job_id": "bad-schema", "model": "tiny"}',
+    b'{"job_id": "bad-bounds", "model": "tiny", "prompt": "x", "max_new_tokens": -3}',
+    b'{"job_id": "../escape", "model": "tiny", "prompt": "x"}',
+]
+
+
+def read_dead_letters(settings: BlazeSettings, expect: int) -> list[dict[str, object]]:
+    consumer = KafkaConsumer(
+        settings.dead_letter_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=8000,
+    )
+    out = []
+    for msg in consumer:
+        out.append(json.loads(msg.value))
+        if len(out) >= expect:
+            break
+    consumer.close()
+    return out
+
+
+def test_jobs_flow_to_results_and_bad_messages_to_dead_letters(settings: BlazeSettings) -> None:
+    jobs = [
+        LLMJob(model="tiny" if i % 2 else "tiny2", prompt=f"question {i}", max_new_tokens=1 + i % 5)
+        for i in range(40)
+    ]
+    jobs.append(LLMJob(model="no-such-model", prompt="x", job_id="unknown-model-job"))
+    with running_worker(settings), running_intake(settings) as stats:
+        with Client(settings) as client:
+            raw = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+            client.submit_many(jobs[:20])
+            for m in MALFORMED:
+                raw.send(settings.jobs_topic("llm"), m)
+            raw.flush()
+            raw.close()
+            client.submit_many(jobs[20:])
+            final = client.wait([j.job_id for j in jobs], timeout=120)
+            by_state = {j: s.state for j, s in final.items()}
+            assert by_state.pop("unknown-model-job") is JobState.FAILED
+            assert set(by_state.values()) == {JobState.SUCCEEDED}
+            for job in jobs[:40]:
+                res = client.result(job.job_id)
+                assert res is not None and res.status == "succeeded" and res.model == job.model
+                assert res.usage.completion_tokens <= job.max_new_tokens
+                assert res.provenance["device"] == "cpu" and res.provenance["weights"]
+            failed = client.result("unknown-model-job")
+            assert failed is not None and "unknown model" in (failed.error or "")
+            bad = client.status(["bad-schema", "bad-bounds"])
+            assert {s.state for s in bad.values() if s} == {JobState.DEAD}
+    assert stats().dead_lettered == len(MALFORMED)
+    assert stats().batches < len(jobs)  # jobs were batched, not sent one by one
+    letters = read_dead_letters(settings, len(MALFORMED))
+    assert len(letters) == len(MALFORMED)
+    assert all(d["reason"] and d["source"] and d["stage"] == "intake" for d in letters)
+    assert {d["job_id"] for d in letters} >= {"bad-schema", "bad-bounds"}
+
+
+def test_restart_resumes_after_committed_offsets_and_duplicates_do_not_rerun(
+    settings: BlazeSettings,
+) -> None:
+    first = [LLMJob(model="tiny", prompt=f"a{i}") for i in range(6)]
+    with Client(settings) as client, running_worker(settings) as runner:
+        with running_intake(settings) as stats:
+            client.submit_many(first)
+            client.wait([j.job_id for j in first], timeout=60)
+        assert stats().dispatched_jobs == 6
+        before = client.result_store.get(settings.result_key(first[0].job_id))
+        # a re-published job id (a producer retry) and new jobs, consumed by a fresh process
+        second = [LLMJob(model="tiny", prompt=f"b{i}") for i in range(3)]
+        with running_intake(settings) as stats2:
+            client.submit_many([first[0], *second])
+            client.wait([j.job_id for j in second], timeout=60)
+        assert stats2().received == 4  # resumed after the committed offsets
+        assert client.result_store.get(settings.result_key(first[0].job_id)) == before
+        assert runner.engines.engines["tiny"] is not None  # loaded once, reused

@@ -1,0 +1,71 @@
+import pytest
+
+from consumers.batching import Batcher
+from consumers.offsets import OffsetTracker
+from pipelines.errors import ConfigError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_batch_leaves_when_full() -> None:
+    b: Batcher[str, int] = Batcher(3, 1.0, Clock())
+    assert b.add("m", 1) is None and b.add("m", 2) is None
+    assert b.add("m", 3) == [1, 2, 3]
+    assert len(b) == 0
+
+
+def test_partial_batch_leaves_at_deadline_of_its_oldest_item() -> None:
+    clock = Clock()
+    b: Batcher[str, int] = Batcher(10, 0.5, clock)
+    b.add("m", 1)
+    clock.now += 0.3
+    b.add("m", 2)
+    assert b.due() == [] and b.seconds_to_next() == pytest.approx(0.2)
+    clock.now += 0.2
+    assert b.due() == [("m", [1, 2])]
+    assert b.seconds_to_next() is None
+
+
+def test_keys_batch_separately() -> None:
+    clock = Clock()
+    b: Batcher[tuple[str, str], int] = Batcher(2, 1.0, clock)
+    b.add(("llm", "a"), 1)
+    b.add(("llm", "b"), 2)
+    assert b.add(("llm", "a"), 3) == [1, 3]
+    assert b.drain() == [(("llm", "b"), [2])]
+
+
+def test_bad_limits_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="max_size"):
+        Batcher(0, 1.0)
+    with pytest.raises(ConfigError, match="max_wait_s"):
+        Batcher(1, 0)
+
+
+def test_offsets_commit_only_up_to_the_first_unsettled_message() -> None:
+    t = OffsetTracker()
+    for off in (5, 6, 7, 8):
+        t.track("p0", off)
+    t.settle("p0", 6)
+    t.settle("p0", 8)
+    assert t.commit_points() == {"p0": 5}
+    t.committed({"p0": 5})
+    assert t.commit_points() == {}  # nothing moved
+    t.settle("p0", 5)
+    assert t.commit_points() == {"p0": 7}
+    t.settle("p0", 7)
+    assert t.commit_points() == {"p0": 9}
+
+
+def test_revoked_partitions_are_forgotten() -> None:
+    t = OffsetTracker()
+    t.track("p0", 1)
+    t.track("p1", 1)
+    t.forget(["p0"])
+    assert t.pending() == 1 and "p0" not in t.commit_points()

@@ -1,0 +1,70 @@
+"""The transformers engine on a tiny random Llama built at test time."""
+
+from pathlib import Path
+
+import pytest
+
+from engines.llm import TransformersLLM
+from pipelines.errors import ModelUnavailable
+from pipelines.jobs import ChatMessage, LLMJob
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models: Path) -> TransformersLLM:
+    e = TransformersLLM("tiny", tiny_models / "tiny", dtype="float32")
+    e.load("cpu")
+    return e
+
+
+def test_one_output_per_job_in_order(engine: TransformersLLM) -> None:
+    jobs = [
+        LLMJob(model="tiny", prompt="the quick brown fox", max_new_tokens=3),
+        LLMJob(model="tiny", messages=[ChatMessage(role="user", content="hi")], max_new_tokens=9),
+        LLMJob(model="tiny", prompt="a", max_new_tokens=5),
+    ]
+    outs = engine.run(jobs)
+    assert len(outs) == 3 and all(o.error is None for o in outs)
+    assert [o.completion_tokens <= j.max_new_tokens for o, j in zip(outs, jobs, strict=True)] == [
+        True
+    ] * 3
+    assert outs[1].completion_tokens == 9 or outs[1].finish_reason == "stop"
+    assert outs[0].prompt_tokens > 0
+
+
+def test_greedy_output_does_not_depend_on_batch_neighbours(engine: TransformersLLM) -> None:
+    job = LLMJob(model="tiny", prompt="batch inference with queues", max_new_tokens=6)
+    alone = engine.run([job])[0]
+    crowded = engine.run([LLMJob(model="tiny", prompt="x " * 30, max_new_tokens=2), job])[1]
+    assert alone.text == crowded.text
+
+
+def test_seeded_sampling_is_repeatable(engine: TransformersLLM) -> None:
+    job = LLMJob(model="tiny", prompt="hello", max_new_tokens=8, temperature=1.0, seed=7)
+    assert engine.run([job])[0].text == engine.run([job])[0].text
+
+
+def test_stop_strings_cut_the_text(engine: TransformersLLM) -> None:
+    free = engine.run([LLMJob(model="tiny", prompt="the lazy dog", max_new_tokens=12)])[0]
+    assert free.text
+    stop = free.text[len(free.text) // 2 :][:2] or free.text[-1]
+    cut = engine.run([LLMJob(model="tiny", prompt="the lazy dog", max_new_tokens=12, stop=[stop])])[
+        0
+    ]
+    assert stop not in (cut.text or "") and cut.finish_reason == "stop"
+    assert free.text.startswith(cut.text or "")
+
+
+def test_a_job_too_long_for_the_context_fails_alone(engine: TransformersLLM) -> None:
+    jobs = [
+        LLMJob(model="tiny", prompt="word " * 400, max_new_tokens=200),
+        LLMJob(model="tiny", prompt="short", max_new_tokens=2),
+    ]
+    bad, good = engine.run(jobs)
+    assert bad.error and "context" in bad.error
+    assert good.error is None and good.text is not None
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    e = TransformersLLM("ghost", tmp_path / "nowhere")
+    with pytest.raises(ModelUnavailable, match="ghost"):
+        e.load("cpu")

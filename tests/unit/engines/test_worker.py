@@ -1,0 +1,128 @@
+"""The batch runner with in-memory stores: results, statuses, redelivery, failures."""
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from engines.base import Engine, Output
+from engines.worker import BatchRunner, EngineCache, pin_device
+from pipelines.errors import ConfigError, ModelUnavailable
+from pipelines.jobs import LLMJob
+from pipelines.settings import BlazeSettings
+from pipelines.status import JobState, MemoryStatusStore
+from pipelines.storage import MemoryResultStore
+from pipelines.tasks import batch_payload
+
+SETTINGS = BlazeSettings(namespace="unit")
+
+
+class EchoEngine:
+    """Upper-cases prompts; fails any job whose prompt contains 'poison'."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[int] = []
+
+    def load(self, device: str) -> None:
+        if self.name == "broken":
+            raise RuntimeError("weights corrupt")
+
+    def run(self, batch: Sequence[LLMJob]) -> list[Output]:
+        self.calls.append(len(batch))
+        return [
+            Output(error="poisoned")
+            if "poison" in (j.prompt or "")
+            else Output(text=(j.prompt or "").upper(), finish_reason="stop", completion_tokens=1)
+            for j in batch
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.name, "weights": "abc", "device": "cpu", "dtype": "float32"}
+
+
+def runner() -> tuple[BatchRunner, MemoryResultStore, MemoryStatusStore, dict[str, EchoEngine]]:
+    made: dict[str, EchoEngine] = {}
+
+    def factory(model: str) -> Engine:
+        if model == "unknown":
+            raise ModelUnavailable("unknown model 'unknown'")
+        made[model] = EchoEngine(model)
+        return made[model]
+
+    results, status = MemoryResultStore(), MemoryStatusStore()
+    return (
+        BatchRunner(SETTINGS, results, status, EngineCache(factory, "cpu")),
+        results,
+        status,
+        made,
+    )
+
+
+def payload(*jobs: LLMJob) -> dict[str, Any]:
+    return batch_payload([j.model_dump(mode="json") for j in jobs], batch_id="b1", queued_at=0.0)
+
+
+def result(store: MemoryResultStore, jid: str) -> dict[str, Any]:
+    raw = store.get(SETTINGS.result_key(jid))
+    assert raw is not None
+    body: dict[str, Any] = json.loads(raw)
+    return body
+
+
+def test_every_job_gets_a_result_and_a_terminal_state() -> None:
+    run, results, status, made = runner()
+    jobs = [LLMJob(job_id=f"j{i}", model="m", prompt=f"p{i}", tags={"k": "v"}) for i in range(4)]
+    summary = run.run(payload(*jobs))
+    assert summary == {"jobs": 4, "succeeded": 4, "failed": 0, "skipped": 0}
+    assert made["m"].calls == [4]  # one engine call for the whole batch
+    body = result(results, "j2")
+    assert body["text"] == "P2" and body["status"] == "succeeded" and body["tags"] == {"k": "v"}
+    assert body["provenance"]["weights"] == "abc" and body["provenance"]["batch_size"] == 4
+    assert set(body["timings"]) == {"queue_wait_s", "batch_wait_s", "compute_s"}
+    states = {j: s.state for j, s in status.get([j.job_id for j in jobs]).items() if s}
+    assert set(states.values()) == {JobState.SUCCEEDED}
+
+
+def test_a_poison_job_fails_alone() -> None:
+    run, results, status, _ = runner()
+    jobs = [
+        LLMJob(job_id="ok", model="m", prompt="fine"),
+        LLMJob(job_id="bad", model="m", prompt="poison"),
+    ]
+    run.run(payload(*jobs))
+    assert result(results, "bad")["error"] == "poisoned"
+    bad = status.get(["bad"])["bad"]
+    assert bad is not None and bad.state is JobState.FAILED and bad.reason == "poisoned"
+    assert result(results, "ok")["status"] == "succeeded"
+
+
+def test_redelivered_batch_does_not_run_the_model_again() -> None:
+    run, results, _, made = runner()
+    jobs = [LLMJob(job_id="r1", model="m", prompt="x")]
+    run.run(payload(*jobs))
+    first = results.get(SETTINGS.result_key("r1"))
+    summary = run.run(payload(*jobs))
+    assert summary["skipped"] == 1 and made["m"].calls == [1]
+    assert results.get(SETTINGS.result_key("r1")) == first
+
+
+def test_unknown_and_broken_models_fail_their_jobs_not_the_worker() -> None:
+    run, results, status, _ = runner()
+    jobs = [
+        LLMJob(job_id="u", model="unknown", prompt="x"),
+        LLMJob(job_id="b", model="broken", prompt="x"),
+        LLMJob(job_id="g", model="good", prompt="x"),
+    ]
+    summary = run.run(payload(*jobs))
+    assert summary["failed"] == 2 and summary["succeeded"] == 1
+    assert "unknown model" in result(results, "u")["error"]
+    assert "weights corrupt" in result(results, "b")["error"]
+    assert "broken" in run.engines.health() and run.engines.health()["good"] == "loaded"
+
+
+def test_pin_device_rejects_unknown_devices() -> None:
+    assert pin_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="--device"):
+        pin_device("tpu")

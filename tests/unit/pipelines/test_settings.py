@@ -1,0 +1,55 @@
+import pytest
+
+from pipelines.errors import ConfigError
+from pipelines.settings import load_settings
+
+
+def test_defaults_point_at_the_embedded_stack() -> None:
+    s = load_settings()
+    assert s.kafka_bootstrap == f"127.0.0.1:{s.stack.kafka_port}"
+    assert s.redis_url.startswith("redis://127.0.0.1:")
+    assert s.result_key("abc") == "blaze/jobs/abc/result.json"
+    assert s.queue("llm", "cuda:1") == "blaze.llm.cuda1"
+
+
+def test_environment_overrides_nested_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BLAZE_KAFKA__BOOTSTRAP_SERVERS", "broker-1:9092,broker-2:9092")
+    monkeypatch.setenv("BLAZE_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("BLAZE_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("BLAZE_KAFKA__SASL_USERNAME", "u")
+    monkeypatch.setenv("BLAZE_KAFKA__SASL_PASSWORD", "hunter2-secret")
+    monkeypatch.setenv("BLAZE_S3__ENDPOINT", "minio:9000")
+    monkeypatch.setenv("BLAZE_S3__SECURE", "true")
+    monkeypatch.setenv("BLAZE_REDIS__URL", "redis://cache:6379/2")
+    s = load_settings()
+    assert s.kafka_bootstrap == "broker-1:9092,broker-2:9092"
+    cfg = s.kafka.client_config()
+    assert cfg["security_protocol"] == "SASL_SSL" and cfg["sasl_plain_password"] == "hunter2-secret"
+    assert s.s3_endpoint == "minio:9000" and s.s3.secure
+    assert s.redis_url == "redis://cache:6379/2"
+    assert "hunter2" not in repr(s.kafka)  # secrets never print
+
+
+@pytest.mark.parametrize(
+    "var, value, named",
+    [
+        ("BLAZE_NAMESPACE", "Has Spaces", "BLAZE_NAMESPACE"),
+        ("BLAZE_KAFKA__PARTITIONS", "0", "BLAZE_KAFKA__PARTITIONS"),
+        ("BLAZE_STACK__KAFKA_PORT", "80", "BLAZE_STACK__KAFKA_PORT"),
+        ("BLAZE_BATCH__MAX_WAIT_S", "-1", "BLAZE_BATCH__MAX_WAIT_S"),
+        ("BLAZE_KAFKA__SECURITY_PROTOCOL", "CARRIER_PIGEON", "BLAZE_KAFKA__SECURITY_PROTOCOL"),
+    ],
+)
+def test_bad_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert named in str(info.value)
+
+
+def test_colliding_ports_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BLAZE_STACK__REDIS_PORT", "18400")
+    with pytest.raises(ConfigError, match="collides"):
+        load_settings()

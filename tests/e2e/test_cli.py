@@ -1,4 +1,4 @@
-"""Blaze as a user runs it: the ``blaze`` command, separate processes, plain S3 and Kafka clients."""
+"""Blaze as a user runs it: the CLI, separate processes, plain S3 and Kafka clients."""
 
 from __future__ import annotations
 

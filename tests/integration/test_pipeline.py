@@ -44,28 +44,27 @@ def test_jobs_flow_to_results_and_bad_messages_to_dead_letters(settings: BlazeSe
         for i in range(40)
     ]
     jobs.append(LLMJob(model="no-such-model", prompt="x", job_id="unknown-model-job"))
-    with running_worker(settings), running_intake(settings) as stats:
-        with Client(settings) as client:
-            raw = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-            client.submit_many(jobs[:20])
-            for m in MALFORMED:
-                raw.send(settings.jobs_topic("llm"), m)
-            raw.flush()
-            raw.close()
-            client.submit_many(jobs[20:])
-            final = client.wait([j.job_id for j in jobs], timeout=120)
-            by_state = {j: s.state for j, s in final.items()}
-            assert by_state.pop("unknown-model-job") is JobState.FAILED
-            assert set(by_state.values()) == {JobState.SUCCEEDED}
-            for job in jobs[:40]:
-                res = client.result(job.job_id)
-                assert res is not None and res.status == "succeeded" and res.model == job.model
-                assert res.usage.completion_tokens <= job.max_new_tokens
-                assert res.provenance["device"] == "cpu" and res.provenance["weights"]
-            failed = client.result("unknown-model-job")
-            assert failed is not None and "unknown model" in (failed.error or "")
-            bad = client.status(["bad-schema", "bad-bounds"])
-            assert {s.state for s in bad.values() if s} == {JobState.DEAD}
+    with running_worker(settings), running_intake(settings) as stats, Client(settings) as client:
+        raw = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        client.submit_many(jobs[:20])
+        for m in MALFORMED:
+            raw.send(settings.jobs_topic("llm"), m)
+        raw.flush()
+        raw.close()
+        client.submit_many(jobs[20:])
+        final = client.wait([j.job_id for j in jobs], timeout=120)
+        by_state = {j: s.state for j, s in final.items()}
+        assert by_state.pop("unknown-model-job") is JobState.FAILED
+        assert set(by_state.values()) == {JobState.SUCCEEDED}
+        for job in jobs[:40]:
+            res = client.result(job.job_id)
+            assert res is not None and res.status == "succeeded" and res.model == job.model
+            assert res.usage.completion_tokens <= job.max_new_tokens
+            assert res.provenance["device"] == "cpu" and res.provenance["weights"]
+        failed = client.result("unknown-model-job")
+        assert failed is not None and "unknown model" in (failed.error or "")
+        bad = client.status(["bad-schema", "bad-bounds"])
+        assert {s.state for s in bad.values() if s} == {JobState.DEAD}
     assert stats().dead_lettered == len(MALFORMED)
     assert stats().batches < len(jobs)  # jobs were batched, not sent one by one
     letters = read_dead_letters(settings, len(MALFORMED))

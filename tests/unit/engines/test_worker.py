@@ -109,7 +109,7 @@ def test_redelivered_batch_does_not_run_the_model_again() -> None:
 
 
 def test_unknown_and_broken_models_fail_their_jobs_not_the_worker() -> None:
-    run, results, status, _ = runner()
+    run, results, _, _ = runner()
     jobs = [
         LLMJob(job_id="u", model="unknown", prompt="x"),
         LLMJob(job_id="b", model="broken", prompt="x"),

@@ -16,6 +16,8 @@ K = TypeVar("K", bound=Hashable)
 @dataclass
 class _Open(Generic[T]):
     opened_at: float
+    max_size: int
+    max_wait_s: float
     items: list[T] = field(default_factory=list)
 
 
@@ -43,13 +45,20 @@ class Batcher(Generic[K, T]):
     def __len__(self) -> int:
         return sum(len(b.items) for b in self._open.values())
 
-    def add(self, key: K, item: T, max_size: int | None = None) -> list[T] | None:
-        """Add an item; returns the key's batch if this item filled it."""
+    def add(
+        self, key: K, item: T, max_size: int | None = None, max_wait_s: float | None = None
+    ) -> list[T] | None:
+        """Add an item; returns the key's batch if this item filled it.
+
+        ``max_size`` and ``max_wait_s`` override the defaults for the batch this item opens
+        (limits are per model).
+        """
         batch = self._open.get(key)
         if batch is None:
-            batch = self._open[key] = _Open(self.clock())
+            size, wait = max_size or self.max_size, max_wait_s or self.max_wait_s
+            batch = self._open[key] = _Open(self.clock(), size, wait)
         batch.items.append(item)
-        if len(batch.items) >= (max_size or self.max_size):
+        if len(batch.items) >= batch.max_size:
             del self._open[key]
             return batch.items
         return None
@@ -57,15 +66,15 @@ class Batcher(Generic[K, T]):
     def due(self) -> list[tuple[K, list[T]]]:
         """Remove and return every batch whose oldest item has waited max_wait_s."""
         now = self.clock()
-        keys = [k for k, b in self._open.items() if now - b.opened_at >= self.max_wait_s]
+        keys = [k for k, b in self._open.items() if now - b.opened_at >= b.max_wait_s]
         return [(k, self._open.pop(k).items) for k in keys]
 
     def seconds_to_next(self) -> float | None:
         """How long until the next partial batch is due; None when nothing is open."""
         if not self._open:
             return None
-        oldest = min(b.opened_at for b in self._open.values())
-        return max(0.0, oldest + self.max_wait_s - self.clock())
+        first = min(b.opened_at + b.max_wait_s for b in self._open.values())
+        return max(0.0, first - self.clock())
 
     def drain(self) -> list[tuple[K, list[T]]]:
         """Remove and return every open batch (on shutdown or partition revocation)."""

@@ -1,22 +1,30 @@
-"""Dispatch: hand a batch to a worker queue by Celery task name (no import of ``engines``)."""
+"""Dispatch: pick a worker queue for a batch and hand it over by Celery task name.
+
+The consumer never imports ``engines``: a batch is a ``blaze.run_batch`` task on the queue
+``{namespace}.{kind}.{device}``. How many batches wait in a queue is read from the broker itself
+(no counters that could drift after a crash) and drives both routing and backpressure.
+"""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
 from pipelines.errors import ConfigError, ServiceUnavailable
+from pipelines.registry import Registry
 from pipelines.settings import BlazeSettings
 from pipelines.tasks import RUN_BATCH, celery_app
 
 log = logging.getLogger(__name__)
+
+Strategy = Literal["round_robin", "least_outstanding"]
 
 
 class Dispatcher(Protocol):
@@ -25,31 +33,105 @@ class Dispatcher(Protocol):
     def dispatch(self, queue: str, payload: dict[str, Any]) -> None: ...
 
 
-class RoundRobinRouter:
-    """Chooses the device queue for an engine kind, cycling through the devices that serve it."""
+class QueueDepth(Protocol):
+    """How many batches wait in a worker queue (not yet taken by a worker)."""
 
-    def __init__(self, settings: BlazeSettings, devices: Sequence[str]) -> None:
-        if not devices:
-            raise ConfigError("at least one device is needed to route batches to")
-        self._queues = {
-            "llm": itertools.cycle([settings.queue("llm", d) for d in devices]),
-        }
-
-    def queue_for(self, kind: str) -> str:
-        try:
-            return next(self._queues[kind])
-        except KeyError:
-            raise ConfigError(f"no worker queue serves job kind {kind!r}") from None
+    def depth(self, queues: Sequence[str]) -> dict[str, int]: ...
 
 
 @dataclass
 class MemoryDispatcher:
-    """Keeps dispatched batches in ``sent`` for tests to inspect."""
+    """Keeps dispatched batches in ``sent``; its ``waiting`` counts double as queue depths."""
 
     sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    waiting: dict[str, int] = field(default_factory=dict)
 
     def dispatch(self, queue: str, payload: dict[str, Any]) -> None:
         self.sent.append((queue, payload))
+        self.waiting[queue] = self.waiting.get(queue, 0) + 1
+
+    def depth(self, queues: Sequence[str]) -> dict[str, int]:
+        return {q: self.waiting.get(q, 0) for q in queues}
+
+
+class RedisQueueDepth:
+    """Queue lengths straight from the Celery broker (kombu keeps one list per priority step)."""
+
+    _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+    def __init__(self, settings: BlazeSettings) -> None:
+        pw = settings.redis.password
+        self.url = settings.redis_url
+        self.client = redis.Redis.from_url(
+            self.url, password=pw.get_secret_value() if pw else None, socket_connect_timeout=5
+        )
+
+    def depth(self, queues: Sequence[str]) -> dict[str, int]:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for q in queues:
+                for suffix in self._PRIORITY_SUFFIXES:
+                    pipe.llen(q + suffix)
+            counts = pipe.execute()
+        except redis.ConnectionError as exc:
+            raise ServiceUnavailable("Redis", self.url, str(exc)[:200]) from None
+        n = len(self._PRIORITY_SUFFIXES)
+        return {q: sum(counts[i * n : (i + 1) * n]) for i, q in enumerate(queues)}
+
+
+class Router:
+    """Chooses the worker queue for a batch among the devices that serve its model.
+
+    Args:
+        settings: Blaze settings (queue names).
+        registry: Which devices serve which model.
+        depth: Reads how many batches wait per queue.
+        strategy: ``least_outstanding`` (fewest waiting batches) or ``round_robin``.
+        max_queued: A queue holding this many batches takes no more (backpressure).
+        only_devices: Route only to these devices (e.g. what ``blaze consume --device`` names).
+    """
+
+    def __init__(
+        self,
+        settings: BlazeSettings,
+        registry: Registry,
+        depth: QueueDepth,
+        strategy: Strategy = "least_outstanding",
+        max_queued: int | None = None,
+        only_devices: Sequence[str] | None = None,
+    ) -> None:
+        if strategy not in ("round_robin", "least_outstanding"):
+            raise ConfigError(f"unknown routing strategy {strategy!r}")
+        self.settings = settings
+        self.registry = registry
+        self.depth = depth
+        self.strategy = strategy
+        self.max_queued = max_queued or settings.batch.max_queued_batches
+        self.only = set(only_devices) if only_devices else None
+        self._turn: dict[str, int] = {}
+
+    def queues_for(self, kind: str, model: str) -> list[str]:
+        spec = self.registry.get(model)
+        devices = spec.devices if spec else ["cpu"]
+        if self.only is not None:
+            devices = [d for d in devices if d in self.only]
+        return [self.settings.queue(kind, d) for d in devices]
+
+    def choose(self, kind: str, model: str) -> str | None:
+        """The queue for the next batch, or None when every candidate is full."""
+        queues = self.queues_for(kind, model)
+        if not queues:
+            return None
+        depths = self.depth.depth(queues)
+        open_queues = [q for q in queues if depths[q] < self.max_queued]
+        if not open_queues:
+            return None
+        if self.strategy == "least_outstanding":
+            return min(open_queues, key=lambda q: (depths[q], queues.index(q)))
+        key = f"{kind}/{model}"
+        turn = self._turn.get(key, 0)
+        self._turn[key] = turn + 1
+        return open_queues[turn % len(open_queues)]
 
 
 class CeleryDispatcher:

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,10 +25,19 @@ from kafka.errors import KafkaError, NoBrokersAvailable
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from consumers.batching import Batcher
-from consumers.dispatch import CeleryDispatcher, Dispatcher, RoundRobinRouter
+from consumers.dispatch import CeleryDispatcher, Dispatcher, RedisQueueDepth, Router, Strategy
 from consumers.offsets import OffsetTracker
-from pipelines.jobs import DeadLetter, LLMJob, Source, parse_job
+from pipelines.jobs import (
+    JOB_KINDS,
+    PAYLOAD_KEEP_BYTES,
+    AnyJob,
+    DeadLetter,
+    Source,
+    batch_key,
+    parse_job,
+)
 from pipelines.kafka import ensure_topics, make_producer, unavailable
+from pipelines.registry import Registry, load_registry
 from pipelines.settings import BlazeSettings
 from pipelines.status import JobState, RedisStatusStore, StatusStore, StatusUpdate
 from pipelines.tasks import batch_payload
@@ -52,6 +62,12 @@ class JobSource(Protocol):
     def commit(self, offsets: dict[Any, Any] | None = ...) -> None: ...
 
     def assignment(self) -> set[Any]: ...
+
+    def pause(self, *partitions: Any) -> None: ...
+
+    def resume(self, *partitions: Any) -> None: ...
+
+    def paused(self) -> set[Any]: ...
 
 
 class DeadLetterSink(Protocol):
@@ -100,7 +116,7 @@ class KafkaDeadLetters:
 class Entry:
     """A parsed job waiting in a batch, with where it came from."""
 
-    job: LLMJob
+    job: AnyJob
     tp: Any
     offset: int
 
@@ -111,18 +127,24 @@ class IntakeStats:
     dead_lettered: int = 0
     dispatched_jobs: int = 0
     batches: int = 0
+    pauses: int = 0
+
+    @property
+    def batch_fill(self) -> float:
+        return 0.0 if not self.batches else self.dispatched_jobs / self.batches
 
 
 class Intake:
     """Turns a stream of Kafka messages into dispatched batches.
 
     Args:
-        settings: Blaze settings (namespace, batch limits).
+        settings: Blaze settings (namespace, default batch limits).
         source: A subscribed Kafka consumer (or an in-memory stand-in in unit tests).
         dispatcher: Where batches go (Celery in production).
-        dead_letters: Where unparseable or invalid messages go.
+        dead_letters: Where unparseable, invalid, unknown-model and late jobs go.
         status: Where job states are recorded.
-        router: Picks the worker queue for a batch.
+        router: Picks the worker queue for a batch; None from it means "all full".
+        registry: Known models and their batch limits.
         clock: Monotonic clock for batching deadlines.
     """
 
@@ -133,7 +155,8 @@ class Intake:
         dispatcher: Dispatcher,
         dead_letters: DeadLetterSink,
         status: StatusStore,
-        router: RoundRobinRouter,
+        router: Router,
+        registry: Registry,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -142,13 +165,16 @@ class Intake:
         self.dead_letters = dead_letters
         self.status = status
         self.router = router
+        self.registry = registry
         self.clock = clock
-        self.batcher: Batcher[tuple[str, str], Entry] = Batcher(
+        self.batcher: Batcher[tuple[object, ...], Entry] = Batcher(
             settings.batch.max_size, settings.batch.max_wait_s, clock
         )
+        self.ready: deque[list[Entry]] = deque()
         self.offsets = OffsetTracker()
         self.stats = IntakeStats()
-        self._kinds = {settings.jobs_topic(k): k for k in ("llm",)}
+        self.paused = False
+        self._kinds = {settings.jobs_topic(k): k for k in JOB_KINDS}
         self._last_commit = float("-inf")
 
     # -- one turn of the loop ----------------------------------------------------------------
@@ -156,9 +182,10 @@ class Intake:
         """Poll once, dead-letter and batch what came, dispatch what is due, commit."""
         wait = self.batcher.seconds_to_next()
         timeout = max_poll_s if wait is None else min(max_poll_s, wait)
+        if self.ready:
+            timeout = min(timeout, 0.05)  # full queues: look again soon, keep heartbeating
         records = self.source.poll(timeout_ms=int(timeout * 1000), max_records=500)
         letters: list[tuple[DeadLetter, Any, int]] = []
-        full: list[list[Entry]] = []
         for tp, recs in records.items():
             for rec in recs:
                 self.stats.received += 1
@@ -167,27 +194,35 @@ class Intake:
                 if isinstance(parsed, DeadLetter):
                     letters.append((parsed, tp, rec.offset))
                     continue
-                batch = self.batcher.add((parsed.kind, parsed.model), Entry(parsed, tp, rec.offset))
+                spec = self.registry.get(parsed.model)
+                size, wait_s = spec.batch_limits(self.settings) if spec else (None, None)
+                entry = Entry(parsed, tp, rec.offset)
+                batch = self.batcher.add(batch_key(parsed), entry, size, wait_s)
                 if batch is not None:
-                    full.append(batch)
+                    self.ready.append(batch)
         if letters:
             self._dead_letter(letters)
-        for batch in full:
-            self._dispatch(batch)
-        for _, batch in self.batcher.due():
-            self._dispatch(batch)
+        self.ready.extend(batch for _, batch in self.batcher.due())
+        self._pump()
         self.commit()
 
-    def _parse(self, rec: Record) -> LLMJob | DeadLetter:
+    def _parse(self, rec: Record) -> AnyJob | DeadLetter:
         kind = self._kinds.get(rec.topic, "unknown")
-        parsed = parse_job(rec.value, kind, Source(rec.topic, rec.partition, rec.offset))
-        if isinstance(parsed, LLMJob) and parsed.deadline is not None:
-            deadline = (
-                parsed.deadline if parsed.deadline.tzinfo else parsed.deadline.replace(tzinfo=UTC)
-            )
+        src = Source(rec.topic, rec.partition, rec.offset)
+        parsed = parse_job(rec.value, kind, src)
+        if isinstance(parsed, DeadLetter):
+            return parsed
+        payload = (rec.value or b"")[:PAYLOAD_KEEP_BYTES].decode(errors="replace")
+        spec = self.registry.get(parsed.model)
+        if spec is None or spec.kind != parsed.kind:
+            known = [n for n in self.registry.names() if self.registry.specs[n].kind == parsed.kind]
+            reason = f"unknown {parsed.kind} model {parsed.model!r} (known: {', '.join(known)})"
+            return DeadLetter("intake", reason, parsed.job_id, src, payload=payload)
+        if parsed.deadline is not None:
+            deadline = parsed.deadline
+            if deadline.tzinfo is None:
+                deadline = deadline.replace(tzinfo=UTC)
             if deadline < datetime.now(UTC):
-                src = Source(rec.topic, rec.partition, rec.offset)
-                payload = (rec.value or b"")[:4096].decode(errors="replace")
                 reason = f"deadline {deadline.isoformat()} passed before the job was batched"
                 return DeadLetter("intake", reason, parsed.job_id, src, payload=payload)
         return parsed
@@ -206,9 +241,28 @@ class Intake:
             self.offsets.settle(tp, off)
         self.stats.dead_lettered += len(letters)
 
-    def _dispatch(self, batch: list[Entry]) -> None:
-        kind = batch[0].job.kind
-        queue = self.router.queue_for(kind)
+    def _pump(self) -> None:
+        """Dispatch ready batches while their queues have room; pause intake while they don't."""
+        while self.ready:
+            batch = self.ready[0]
+            job = batch[0].job
+            queue = self.router.choose(job.kind, job.model)
+            if queue is None:
+                break
+            self.ready.popleft()
+            self._dispatch(queue, batch)
+        if self.ready and not self.paused:
+            self.source.pause(*self.source.assignment())
+            self.paused = True
+            self.stats.pauses += 1
+            log.info("worker queues full: pausing intake (%d batches ready)", len(self.ready))
+        elif not self.ready and self.paused:
+            self.source.resume(*self.source.paused())
+            self.paused = False
+            log.info("worker queues have room again: resuming intake")
+
+    def _dispatch(self, queue: str, batch: list[Entry]) -> None:
+        job = batch[0].job
         payload = batch_payload(
             [e.job.model_dump(mode="json") for e in batch],
             batch_id=uuid.uuid4().hex,
@@ -221,7 +275,7 @@ class Intake:
             self.offsets.settle(e.tp, e.offset)
         self.stats.batches += 1
         self.stats.dispatched_jobs += len(batch)
-        log.info("dispatched %d %s jobs of %s to %s", len(batch), kind, batch[0].job.model, queue)
+        log.info("dispatched %d %s jobs of %s to %s", len(batch), job.kind, job.model, queue)
 
     def commit(self, force: bool = False) -> None:
         points = self.offsets.commit_points()
@@ -233,10 +287,18 @@ class Intake:
         self.offsets.committed(points)
         self._last_commit = self.clock()
 
-    def flush_all(self) -> None:
-        """Dispatch every open batch now and commit (shutdown, partitions revoked)."""
-        for _, batch in self.batcher.drain():
-            self._dispatch(batch)
+    def flush_all(self, wait_s: float = 30.0) -> None:
+        """Dispatch every open batch (shutdown, revocation), waiting up to wait_s for room.
+
+        Whatever still finds no room stays uncommitted and is redelivered to the next owner.
+        """
+        self.ready.extend(batch for _, batch in self.batcher.drain())
+        deadline = self.clock() + wait_s
+        self._pump()
+        while self.ready and self.clock() < deadline:
+            time.sleep(0.1)
+            self._pump()
+        self.ready.clear()
         self.commit(force=True)
 
     def on_revoked(self, tps: Iterable[Any]) -> None:
@@ -262,7 +324,7 @@ def _safe_id(job_id: str) -> bool:
 
 def make_consumer(settings: BlazeSettings, listener: ConsumerRebalanceListener) -> KafkaConsumer:
     """A consumer in the intake group, subscribed to the job topics, committing by hand."""
-    topics = [settings.jobs_topic("llm")]
+    topics = [settings.jobs_topic(k) for k in JOB_KINDS]
     ensure_topics(settings, [*topics, settings.dead_letter_topic])
     session = settings.kafka.consumer_session_timeout_ms
     try:
@@ -286,12 +348,18 @@ def make_consumer(settings: BlazeSettings, listener: ConsumerRebalanceListener) 
 
 def run_intake(
     settings: BlazeSettings,
-    devices: Sequence[str] = ("cpu",),
+    devices: Sequence[str] | None = None,
     stop: threading.Event | None = None,
     dispatcher: Dispatcher | None = None,
     on_ready: Callable[[], None] | None = None,
+    strategy: Strategy = "least_outstanding",
+    registry: Registry | None = None,
 ) -> IntakeStats:
-    """Run the consumer until ``stop`` is set or SIGTERM/SIGINT arrives (main thread only)."""
+    """Run the consumer until ``stop`` is set or SIGTERM/SIGINT arrives (main thread only).
+
+    Args:
+        devices: Route only to these devices (default: every device a model lists).
+    """
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
 
@@ -302,6 +370,8 @@ def run_intake(
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
 
+    registry = registry or load_registry(settings)
+    router = Router(settings, registry, RedisQueueDepth(settings), strategy, only_devices=devices)
     listener = _Listener()
     consumer = make_consumer(settings, listener)
     dead = KafkaDeadLetters(settings)
@@ -311,7 +381,8 @@ def run_intake(
         dispatcher or CeleryDispatcher(settings),
         dead,
         RedisStatusStore(settings),
-        RoundRobinRouter(settings, devices),
+        router,
+        registry,
     )
     listener.intake = intake
     ready = False
@@ -332,4 +403,5 @@ def run_intake(
             # LeaveGroup lets the session timeout clean it up instead.
             log.info("intake stopped before joining; leaving without closing the consumer")
         dead.close()
+    log.info("intake stopped: %s (batch fill %.1f jobs)", intake.stats, intake.stats.batch_fill)
     return intake.stats

@@ -15,33 +15,22 @@ import tempfile
 from pathlib import Path
 
 from pipelines.errors import ModelUnavailable
+from pipelines.registry import DEMO_MODEL, ModelSpec
 from pipelines.settings import BlazeSettings
 
 log = logging.getLogger(__name__)
 
-DEMO_MODEL = "smollm2-135m-instruct"
 _DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def available_models(settings: BlazeSettings) -> list[str]:
-    root = settings.models_dir
-    found = (
-        sorted(p.name for p in root.glob("*") if (p / "config.json").exists())
-        if root.exists()
-        else []
-    )
-    return found if DEMO_MODEL in found else [*found, DEMO_MODEL]
-
-
-def resolve_model(settings: BlazeSettings, name: str) -> Path:
-    """The folder of model ``name``, preparing the demo model on first use."""
-    folder = settings.models_dir / name
+def resolve_model(settings: BlazeSettings, spec: ModelSpec) -> Path:
+    """The ``from_pretrained`` folder of a registered model, preparing the demo model once."""
+    folder = spec.folder(settings)
     if (folder / "config.json").exists():
         return folder
-    if name == DEMO_MODEL:
+    if spec.name == DEMO_MODEL and not spec.source:
         return install_demo_model(settings)
-    known = ", ".join(available_models(settings))
-    raise ModelUnavailable(f"unknown model {name!r}: no {folder}/config.json (known: {known})")
+    raise ModelUnavailable(f"model {spec.name!r}: no config.json in {folder}")
 
 
 def _demo_gguf() -> Path:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from engines.base import Engine, Output
 from pipelines.errors import ConfigError, ModelUnavailable, ServiceUnavailable
 from pipelines.jobs import LLMJob
+from pipelines.registry import Registry, load_registry
 from pipelines.results import LLMResult, Usage
 from pipelines.settings import BlazeSettings
 from pipelines.status import JobState, StatusStore, StatusUpdate
@@ -222,12 +223,27 @@ def pin_device(device: str) -> str:
     raise ConfigError(f"--device must be 'cpu' or 'cuda:N', got {device!r}")
 
 
-def llm_factory(settings: BlazeSettings, dtype: str) -> EngineFactory:
+def llm_factory(
+    settings: BlazeSettings, dtype: str | None = None, registry: Registry | None = None
+) -> EngineFactory:
+    """Builds the engine a registered LLM asks for; ``dtype`` overrides the registry's."""
+    from engines.echo import EchoEngine
     from engines.llm import TransformersLLM
     from engines.models import resolve_model
 
+    state = {"registry": registry or load_registry(settings)}
+
     def make(model: str) -> Engine:
-        return TransformersLLM(model, resolve_model(settings, model), dtype=dtype)
+        spec = state["registry"].get(model)
+        if spec is None:  # a folder may have appeared since start-up
+            state["registry"] = load_registry(settings)
+            spec = state["registry"].get(model)
+        if spec is None or spec.kind != "llm":
+            known = ", ".join(state["registry"].names())
+            raise ModelUnavailable(f"unknown model {model!r} (known: {known})")
+        if spec.engine_name == "echo":
+            return EchoEngine(model)
+        return TransformersLLM(model, resolve_model(settings, spec), dtype=dtype or spec.dtype)
 
     return make
 
@@ -258,7 +274,7 @@ def run_worker(
     settings: BlazeSettings,
     device: str = "cpu",
     preload: Sequence[str] = (),
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     loglevel: str = "INFO",
 ) -> None:
     """Serve ``{namespace}.llm.{device}`` until SIGTERM (warm shutdown finishes the batch)."""

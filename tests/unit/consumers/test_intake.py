@@ -5,9 +5,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from consumers.dispatch import MemoryDispatcher, RoundRobinRouter
+from consumers.dispatch import MemoryDispatcher, Router
 from consumers.intake import Intake, MemoryDeadLetters
-from pipelines.jobs import LLMJob
+from pipelines.jobs import DiffusionJob, LLMJob
+from pipelines.registry import ModelSpec, Registry
 from pipelines.settings import BlazeSettings
 from pipelines.status import JobState, MemoryStatusStore
 
@@ -26,9 +27,21 @@ class FakeSource:
 
     batches: list[dict[Any, list[Rec]]] = field(default_factory=list)
     commits: list[dict[Any, Any]] = field(default_factory=list)
+    paused_parts: set[Any] = field(default_factory=set)
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Rec]]:
+        if self.paused_parts:
+            return {}
         return self.batches.pop(0) if self.batches else {}
+
+    def pause(self, *parts: Any) -> None:
+        self.paused_parts.update(parts)
+
+    def resume(self, *parts: Any) -> None:
+        self.paused_parts.difference_update(parts)
+
+    def paused(self) -> set[Any]:
+        return set(self.paused_parts)
 
     def commit(self, offsets: dict[Any, Any] | None = None) -> None:
         self.commits.append(dict(offsets or {}))
@@ -44,19 +57,29 @@ class Clock:
         return self.now
 
 
+REGISTRY = Registry(
+    {
+        "tiny": ModelSpec(name="tiny", devices=["cpu", "cuda:0"]),
+        "tiny2": ModelSpec(name="tiny2"),
+        "big": ModelSpec(name="big", max_batch_size=2, max_wait_s=5.0),
+        "sd": ModelSpec(name="sd", kind="diffusion"),
+    }
+)
+
+
 def make(
-    settings: BlazeSettings, source: FakeSource, clock: Clock
+    settings: BlazeSettings, source: FakeSource, clock: Clock, strategy: str = "round_robin"
 ) -> tuple[Intake, MemoryDispatcher, MemoryDeadLetters, MemoryStatusStore]:
     disp, dead, status = MemoryDispatcher(), MemoryDeadLetters(), MemoryStatusStore()
-    router = RoundRobinRouter(settings, ["cpu", "cuda:0"])
-    return Intake(settings, source, disp, dead, status, router, clock), disp, dead, status
+    router = Router(settings, REGISTRY, disp, strategy)  # type: ignore[arg-type]
+    return Intake(settings, source, disp, dead, status, router, REGISTRY, clock), disp, dead, status
 
 
 def job(jid: str, model: str = "tiny", **kw: Any) -> bytes:
     return LLMJob(job_id=jid, model=model, prompt="hi", **kw).model_dump_json().encode()
 
 
-SETTINGS = BlazeSettings(batch={"max_size": 3, "max_wait_s": 0.5})
+SETTINGS = BlazeSettings(batch={"max_size": 3, "max_wait_s": 0.5, "max_queued_batches": 2})
 TOPIC = SETTINGS.jobs_topic("llm")
 
 
@@ -124,3 +147,73 @@ def test_dead_letter_payload_is_json_with_source() -> None:
     body = json.loads(dead.letters[0].to_json())
     assert body["source"] == {"topic": TOPIC, "partition": 3, "offset": 11}
     assert body["stage"] == "intake" and body["reason"].startswith("invalid JSON")
+
+
+def recs(values: list[bytes], topic: str = TOPIC) -> dict[Any, list[Rec]]:
+    return {"p0": [Rec(topic, 0, i, v) for i, v in enumerate(values)]}
+
+
+def test_unknown_models_are_dead_lettered() -> None:
+    src = FakeSource([recs([job("u1", "nope"), job("k1")])])
+    intake, _, dead, _ = make(SETTINGS, src, Clock())
+    intake.step()
+    assert [d.job_id for d in dead.letters] == ["u1"]
+    assert "unknown llm model 'nope'" in dead.letters[0].reason and "tiny" in dead.letters[0].reason
+
+
+def test_batch_limits_are_per_model() -> None:
+    clock = Clock()
+    src = FakeSource([recs([job("b1", "big"), job("b2", "big"), job("b3", "big")])])
+    intake, disp, _, _ = make(SETTINGS, src, clock)
+    intake.step()
+    assert [len(p["jobs"]) for _, p in disp.sent] == [2]  # big batches at 2
+    clock.now = 1.0  # past the default 0.5 s wait, not big's 5 s
+    intake.step()
+    assert len(disp.sent) == 1
+    clock.now = 5.0
+    intake.step()
+    assert [len(p["jobs"]) for _, p in disp.sent] == [2, 1]
+
+
+def test_full_queues_pause_intake_and_room_resumes_it() -> None:
+    values = [job(f"j{i}", "tiny2") for i in range(12)]  # tiny2 runs on cpu only
+    src = FakeSource([recs(values[:9]), recs(values[9:])])
+    intake, disp, _, _ = make(SETTINGS, src, Clock())
+    intake.step()
+    queue = SETTINGS.queue("llm", "cpu")
+    assert len(disp.sent) == 2 and intake.paused and src.paused_parts  # bound is 2 per queue
+    assert len(intake.ready) == 1
+    committed = src.commits[-1]["p0"].offset
+    assert committed == 6  # jobs of the undispatched batch stay uncommitted
+    intake.step()
+    assert len(disp.sent) == 2  # still full: nothing polled, nothing sent
+    disp.waiting[queue] = 0  # the worker took both batches
+    intake.step()
+    assert len(disp.sent) == 3 and not intake.paused and not src.paused_parts
+    assert intake.stats.pauses == 1
+
+
+def test_least_outstanding_prefers_the_emptier_queue() -> None:
+    src = FakeSource([recs([job(f"j{i}") for i in range(3)])])
+    intake, disp, _, _ = make(SETTINGS, src, Clock(), strategy="least_outstanding")
+    disp.waiting[SETTINGS.queue("llm", "cpu")] = 1
+    intake.step()
+    assert [q for q, _ in disp.sent] == [SETTINGS.queue("llm", "cuda:0")]
+
+
+def test_diffusion_jobs_batch_only_with_compatible_settings() -> None:
+    topic = SETTINGS.jobs_topic("diffusion")
+
+    def d(jid: str, **kw: Any) -> bytes:
+        return DiffusionJob(job_id=jid, model="sd", prompt="cat", **kw).model_dump_json().encode()
+
+    values = [d("a", width=512), d("b", width=256), d("c", width=512, seed=3), d("e", width=512)]
+    src = FakeSource([recs(values, topic)])
+    clock = Clock()
+    intake, disp, _, _ = make(SETTINGS, src, clock)
+    intake.step()
+    assert [[j["job_id"] for j in p["jobs"]] for _, p in disp.sent] == [["a", "c", "e"]]
+    assert disp.sent[0][0] == SETTINGS.queue("diffusion", "cpu")
+    clock.now = 1.0
+    intake.step()
+    assert [j["job_id"] for j in disp.sent[1][1]["jobs"]] == ["b"]

@@ -104,3 +104,27 @@ def test_parse_never_raises(raw: bytes) -> None:
 )
 def test_parse_random_objects_never_raises(data: dict[str, object]) -> None:
     assert isinstance(parse_job(json.dumps(data).encode(), "llm", SRC), LLMJob | DeadLetter)
+
+
+def test_diffusion_job_bounds() -> None:
+    job = validate_job({"model": "sd", "prompt": "a cat", "num_images": 2}, "diffusion")
+    assert job.kind == "diffusion" and job.width == 512
+    for bad, field in [
+        ({"width": 100}, "width"),  # not a multiple of 8
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_images": 9}, "num_images"),
+        ({"width": 2048, "height": 2048, "num_images": 4}, "pixels"),
+        ({"guidance_scale": 99}, "guidance_scale"),
+    ]:
+        with pytest.raises(InvalidJob) as info:
+            validate_job({"model": "sd", "prompt": "a cat", **bad}, "diffusion")
+        assert field in str(info.value)
+
+
+def test_job_schema_is_published_for_every_kind() -> None:
+    from pipelines.jobs import JOB_MODELS
+
+    for kind, model in JOB_MODELS.items():
+        schema = model.model_json_schema()
+        assert schema["properties"]["kind"]["const"] == kind
+        assert "model" in schema["required"]

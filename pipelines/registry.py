@@ -1,0 +1,143 @@
+"""The model registry: which models exist, what engine runs them, how they batch, where.
+
+A YAML file (``BLAZE_REGISTRY_FILE``, default ``.blaze/models.yaml``) lists models by name::
+
+    models:
+      smollm2-135m-instruct:
+        kind: llm
+        dtype: bfloat16
+        max_batch_size: 16
+        max_wait_s: 0.5
+        devices: [cpu]
+      my-tiny:
+        source: /data/models/my-tiny     # a from_pretrained folder
+        engine: transformers
+
+Folders under ``models_dir`` with a ``config.json`` are registered too (as LLMs with default
+limits) unless the file names them, and so is the demo model. Consumers use the registry to
+dead-letter unknown models and to size batches; workers use it to load models.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from pipelines.errors import ConfigError
+from pipelines.settings import BlazeSettings
+
+DEMO_MODEL = "smollm2-135m-instruct"
+DEVICE = re.compile(r"^(cpu|cuda:\d{1,2})$")
+EngineKind = Literal["llm", "diffusion"]
+
+_DEFAULT_ENGINE = {"llm": "transformers", "diffusion": "diffusers"}
+
+
+class ModelSpec(BaseModel):
+    """One registered model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)]
+    kind: EngineKind = "llm"
+    engine: Literal["transformers", "diffusers", "echo"] | None = None
+    source: str | None = Field(
+        default=None, description="from_pretrained folder; default models_dir/NAME"
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    max_batch_size: int | None = Field(default=None, ge=1, le=1024)
+    max_wait_s: float | None = Field(default=None, gt=0, le=600)
+    devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: list[str]) -> list[str]:
+        for d in value:
+            if not DEVICE.match(d):
+                raise ValueError(f"device {d!r} is not 'cpu' or 'cuda:N'")
+        return value
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine or _DEFAULT_ENGINE[self.kind]
+
+    def folder(self, settings: BlazeSettings) -> Path:
+        return Path(self.source) if self.source else settings.models_dir / self.name
+
+    def batch_limits(self, settings: BlazeSettings) -> tuple[int, float]:
+        return (
+            self.max_batch_size or settings.batch.max_size,
+            self.max_wait_s or settings.batch.max_wait_s,
+        )
+
+
+class Registry:
+    """Models by name."""
+
+    def __init__(self, specs: dict[str, ModelSpec]) -> None:
+        self.specs = dict(specs)
+
+    def get(self, name: str) -> ModelSpec | None:
+        return self.specs.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self.specs)
+
+    def devices(self) -> list[str]:
+        return sorted({d for s in self.specs.values() for d in s.devices})
+
+
+def parse_registry(data: Any, origin: str) -> dict[str, ModelSpec]:
+    """Validate a registry document; errors name the file, the model entry and the field."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
+        raise ConfigError(f"{origin}: expected a mapping with a 'models' mapping of name -> entry")
+    unknown = set(data) - {"models"}
+    if unknown:
+        raise ConfigError(f"{origin}: unknown top-level key(s) {sorted(unknown)}; only 'models'")
+    specs: dict[str, ModelSpec] = {}
+    for name, entry in (data.get("models") or {}).items():
+        if entry is None:
+            entry = {}
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{origin}: model {name!r}: expected a mapping of fields")
+        try:
+            specs[str(name)] = ModelSpec.model_validate({**entry, "name": str(name)})
+        except ValidationError as exc:
+            first = exc.errors(include_input=False)[0]
+            field = ".".join(str(p) for p in first["loc"]) or "(entry)"
+            raise ConfigError(
+                f"{origin}: model {name!r}: field {field!r}: {first['msg']}"
+            ) from None
+    return specs
+
+
+def load_registry(settings: BlazeSettings) -> Registry:
+    """The registry file (if any), plus model folders found in ``models_dir``, plus the demo."""
+    specs: dict[str, ModelSpec] = {}
+    root = settings.models_dir
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if (folder / "config.json").exists() and folder.name[:1].isalnum():
+                specs[folder.name] = ModelSpec(name=folder.name)
+    specs.setdefault(DEMO_MODEL, ModelSpec(name=DEMO_MODEL))
+    path = settings.registry_file
+    if path.exists():
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the model registry: {exc}") from None
+        specs.update(parse_registry(data, str(path)))
+    return Registry(specs)

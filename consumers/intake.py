@@ -8,6 +8,7 @@ redelivered job harmless by skipping job ids that already have a result.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -15,7 +16,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Protocol
@@ -130,7 +131,7 @@ class IntakeStats:
     pauses: int = 0
 
     @property
-    def batch_fill(self) -> float:
+    def mean_batch_size(self) -> float:
         return 0.0 if not self.batches else self.dispatched_jobs / self.batches
 
 
@@ -403,5 +404,6 @@ def run_intake(
             # LeaveGroup lets the session timeout clean it up instead.
             log.info("intake stopped before joining; leaving without closing the consumer")
         dead.close()
-    log.info("intake stopped: %s (batch fill %.1f jobs)", intake.stats, intake.stats.batch_fill)
+    summary = {**asdict(intake.stats), "mean_batch_size": round(intake.stats.mean_batch_size, 2)}
+    log.info("intake stopped: %s", json.dumps(summary))
     return intake.stats

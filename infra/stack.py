@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import signal
 import socket
 import subprocess
@@ -99,6 +100,22 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def free_stack_ports(low: int = 20_000, high: int = 30_000) -> dict[str, int]:
+    """Stack port settings whose every port is free now (for tests and benchmarks).
+
+    SeaweedFS takes base..base+3 and the same +10000; Kafka, S3 and Redis take base+4..6.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(low, high, 10)
+        ports = {"kafka_port": base + 4, "s3_port": base + 5, "redis_port": base + 6}
+        every = [*ports.values(), base + 10_005]
+        every += [base + i + d for i in range(4) for d in (0, 10_000)]
+        if all(port_free(p) for p in every):
+            return {**ports, "seaweed_port_base": base}
+    raise StackError(f"no free range of ports found between {low} and {high}")
 
 
 def _pid_alive(pid: int, exe: str) -> bool:

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import os
-import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from infra.stack import Stack, port_free
+from infra.stack import Stack, free_stack_ports
 from pipelines.settings import BlazeSettings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def free_stack_ports() -> dict[str, int]:
-    """Ports for one embedded stack, all free now (SeaweedFS uses base..base+3 and +10000)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20_000, 30_000, 10)
-        ports = {"kafka_port": base + 4, "s3_port": base + 5, "redis_port": base + 6}
-        every = [*ports.values(), base + 10_005] + [
-            base + i + d for i in range(4) for d in (0, 10_000)
-        ]
-        if all(port_free(p) for p in every):
-            return {**ports, "seaweed_port_base": base}
-    raise RuntimeError("no free port range found for the test stack")
 
 
 def stack_env(state_dir: Path, ports: dict[str, int]) -> dict[str, str]:
@@ -36,6 +21,27 @@ def stack_env(state_dir: Path, ports: dict[str, int]) -> dict[str, str]:
     env = {f"BLAZE_STACK__{k.upper()}": str(v) for k, v in ports.items()}
     env["BLAZE_STACK__STATE_DIR"] = str(state_dir)
     return env
+
+
+def settings_env(settings: BlazeSettings) -> dict[str, str]:
+    """The BLAZE_* variables that make a child process see the same settings."""
+    st, b = settings.stack, settings.batch
+    env = {
+        "BLAZE_NAMESPACE": settings.namespace,
+        "BLAZE_MODELS_DIR": str(settings.models_dir),
+        "BLAZE_REGISTRY_FILE": str(settings.registry_file),
+        "BLAZE_BATCH__MAX_SIZE": str(b.max_size),
+        "BLAZE_BATCH__MAX_WAIT_S": str(b.max_wait_s),
+        "BLAZE_BATCH__MAX_QUEUED_BATCHES": str(b.max_queued_batches),
+        "BLAZE_KAFKA__CONSUMER_SESSION_TIMEOUT_MS": str(settings.kafka.consumer_session_timeout_ms),
+    }
+    ports = {
+        "kafka_port": st.kafka_port,
+        "s3_port": st.s3_port,
+        "redis_port": st.redis_port,
+        "seaweed_port_base": st.seaweed_port_base,
+    }
+    return {**os.environ, **env, **stack_env(st.state_dir, ports)}
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +77,7 @@ def settings(stack: BlazeSettings, tiny_models: Path) -> BlazeSettings:
         update={
             "namespace": ns,
             "models_dir": tiny_models,
+            "registry_file": tiny_models / f"{ns}.yaml",  # absent unless a test writes it
             "batch": stack.batch.model_copy(update={"max_size": 8, "max_wait_s": 0.3}),
         }
     )

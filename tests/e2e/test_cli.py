@@ -16,7 +16,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from minio import Minio
 
-from tests.conftest import free_stack_ports, stack_env
+from infra.stack import free_stack_ports
+from tests.conftest import stack_env
 
 pytestmark = pytest.mark.e2e
 BLAZE = str(Path(sys.executable).parent / "blaze")

@@ -1,44 +1,49 @@
-"""Integration fixtures: a real worker (Celery on Redis) and a real intake (Kafka) in threads."""
+"""Integration helpers: a real worker process (Celery on Redis) and a real intake (Kafka)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 
 from consumers.intake import IntakeStats, run_intake
-from engines.worker import BatchRunner, EngineCache, llm_factory, worker_app
 from pipelines.settings import BlazeSettings
-from pipelines.status import RedisStatusStore
-from pipelines.storage import S3ResultStore
+from tests.conftest import settings_env
 
 pytestmark = pytest.mark.integration
 
 
 @contextmanager
-def running_worker(settings: BlazeSettings) -> Iterator[BatchRunner]:
-    """A Celery worker thread serving the cpu LLM queue with tiny models on the real stack."""
-    store = S3ResultStore(settings)
-    runner = BatchRunner(
-        settings,
-        store,
-        RedisStatusStore(settings),
-        EngineCache(llm_factory(settings, "float32"), "cpu"),
-    )
-    app = worker_app(settings, runner)
-    with start_worker(
-        app,
-        pool="solo",
-        perform_ping_check=False,
-        queues=[settings.queue("llm", "cpu")],
-        loglevel="WARNING",
-        shutdown_timeout=30,
-    ):
-        yield runner
-    store.close()
+def running_worker(settings: BlazeSettings, log: Path | None = None) -> Iterator[Path]:
+    """A ``blaze worker --device cpu`` process on the real stack; yields its log file."""
+    log = log or Path(tempfile.mkdtemp()) / "worker.log"
+    cmd = [sys.executable, "-m", "pipelines.cli", "worker", "--device", "cpu", "--dtype", "float32"]
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            cmd, env=settings_env(settings), stdout=fh, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while " ready." not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @contextmanager

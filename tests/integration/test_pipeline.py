@@ -54,30 +54,31 @@ def test_jobs_flow_to_results_and_bad_messages_to_dead_letters(settings: BlazeSe
         client.submit_many(jobs[20:])
         final = client.wait([j.job_id for j in jobs], timeout=120)
         by_state = {j: s.state for j, s in final.items()}
-        assert by_state.pop("unknown-model-job") is JobState.FAILED
+        assert by_state.pop("unknown-model-job") is JobState.DEAD
         assert set(by_state.values()) == {JobState.SUCCEEDED}
         for job in jobs[:40]:
             res = client.result(job.job_id)
             assert res is not None and res.status == "succeeded" and res.model == job.model
             assert res.usage.completion_tokens <= job.max_new_tokens
             assert res.provenance["device"] == "cpu" and res.provenance["weights"]
-        failed = client.result("unknown-model-job")
-        assert failed is not None and "unknown model" in (failed.error or "")
+        assert client.result("unknown-model-job") is None  # rejected at intake, never run
         bad = client.status(["bad-schema", "bad-bounds"])
         assert {s.state for s in bad.values() if s} == {JobState.DEAD}
-    assert stats().dead_lettered == len(MALFORMED)
+    assert stats().dead_lettered == len(MALFORMED) + 1
     assert stats().batches < len(jobs)  # jobs were batched, not sent one by one
-    letters = read_dead_letters(settings, len(MALFORMED))
-    assert len(letters) == len(MALFORMED)
+    letters = read_dead_letters(settings, len(MALFORMED) + 1)
+    assert len(letters) == len(MALFORMED) + 1
     assert all(d["reason"] and d["source"] and d["stage"] == "intake" for d in letters)
-    assert {d["job_id"] for d in letters} >= {"bad-schema", "bad-bounds"}
+    assert {d["job_id"] for d in letters} >= {"bad-schema", "bad-bounds", "unknown-model-job"}
+    unknown = next(d for d in letters if d["job_id"] == "unknown-model-job")
+    assert "unknown llm model 'no-such-model'" in str(unknown["reason"])
 
 
 def test_restart_resumes_after_committed_offsets_and_duplicates_do_not_rerun(
     settings: BlazeSettings,
 ) -> None:
     first = [LLMJob(model="tiny", prompt=f"a{i}") for i in range(6)]
-    with Client(settings) as client, running_worker(settings) as runner:
+    with Client(settings) as client, running_worker(settings):
         with running_intake(settings) as stats:
             client.submit_many(first)
             client.wait([j.job_id for j in first], timeout=60)
@@ -90,4 +91,5 @@ def test_restart_resumes_after_committed_offsets_and_duplicates_do_not_rerun(
             client.wait([j.job_id for j in second], timeout=60)
         assert stats2().received == 4  # resumed after the committed offsets
         assert client.result_store.get(settings.result_key(first[0].job_id)) == before
-        assert runner.engines.engines["tiny"] is not None  # loaded once, reused
+        again = client.status([first[0].job_id])[first[0].job_id]
+        assert again is not None and again.attempts == 1  # the model did not run it twice

@@ -51,5 +51,5 @@ def test_bad_entries_name_the_file_entry_and_field(doc: object, named: str) -> N
 
 def test_unreadable_yaml_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "models.yaml").write_text("models: [unclosed\n")
-    with pytest.raises(ConfigError, match="models.yaml: cannot read the model registry"):
+    with pytest.raises(ConfigError, match=r"models\.yaml: cannot read the model registry"):
         load_registry(settings_for(tmp_path))

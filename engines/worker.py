@@ -92,7 +92,12 @@ class BatchRunner:
         queued_at = float(payload.get("queued_at", started))
         jobs, broken = self._parse(payload.get("jobs", []))
         keys = {j.job_id: self.settings.result_key(j.job_id) for j in jobs}
-        done = self.results.existing(keys.values())
+        # Only a job that was marked running before can have a result (running is recorded
+        # before the engine runs, the result before the terminal state), so the bucket is
+        # asked about those alone: one status round trip instead of a HEAD per job.
+        seen = self.status.get(keys)
+        maybe_done = [keys[j] for j, st in seen.items() if st is None or st.attempts > 0]
+        done = self.results.existing(maybe_done) if maybe_done else set()
         redelivered = [j for j in jobs if keys[j.job_id] in done]
         todo = [j for j in jobs if keys[j.job_id] not in done]
         if redelivered:

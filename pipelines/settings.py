@@ -148,6 +148,28 @@ class BlazeSettings(BaseSettings):
             raise ValueError(f"stack ports must differ: {named}")
         return self
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``BLAZE_*`` variables, so a child process sees the same ones."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, model: BaseModel) -> None:
+            for name in type(model).model_fields:
+                value = getattr(model, name)
+                key = f"{prefix}{name.upper()}"
+                if isinstance(value, BaseModel):
+                    walk(key + "__", value)
+                elif value is None:
+                    continue
+                elif isinstance(value, SecretStr):
+                    out[key] = value.get_secret_value()
+                elif isinstance(value, bool):
+                    out[key] = "true" if value else "false"
+                else:
+                    out[key] = str(value)
+
+        walk("BLAZE_", self)
+        return out
+
     # -- resolved endpoints -------------------------------------------------------------
     @property
     def kafka_bootstrap(self) -> str:

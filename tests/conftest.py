@@ -24,24 +24,8 @@ def stack_env(state_dir: Path, ports: dict[str, int]) -> dict[str, str]:
 
 
 def settings_env(settings: BlazeSettings) -> dict[str, str]:
-    """The BLAZE_* variables that make a child process see the same settings."""
-    st, b = settings.stack, settings.batch
-    env = {
-        "BLAZE_NAMESPACE": settings.namespace,
-        "BLAZE_MODELS_DIR": str(settings.models_dir),
-        "BLAZE_REGISTRY_FILE": str(settings.registry_file),
-        "BLAZE_BATCH__MAX_SIZE": str(b.max_size),
-        "BLAZE_BATCH__MAX_WAIT_S": str(b.max_wait_s),
-        "BLAZE_BATCH__MAX_QUEUED_BATCHES": str(b.max_queued_batches),
-        "BLAZE_KAFKA__CONSUMER_SESSION_TIMEOUT_MS": str(settings.kafka.consumer_session_timeout_ms),
-    }
-    ports = {
-        "kafka_port": st.kafka_port,
-        "s3_port": st.s3_port,
-        "redis_port": st.redis_port,
-        "seaweed_port_base": st.seaweed_port_base,
-    }
-    return {**os.environ, **env, **stack_env(st.state_dir, ports)}
+    """This process's environment plus the BLAZE_* variables of ``settings``."""
+    return {**os.environ, **settings.to_env()}
 
 
 @pytest.fixture(scope="session")

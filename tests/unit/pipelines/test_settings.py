@@ -53,3 +53,15 @@ def test_colliding_ports_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BLAZE_STACK__REDIS_PORT", "18400")
     with pytest.raises(ConfigError, match="collides"):
         load_settings()
+
+
+def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = load_settings(
+        namespace="abc",
+        kafka={"bootstrap_servers": "k:1", "sasl_password": "pw"},
+        s3={"secure": True},
+        batch={"max_size": 7},
+    )
+    for key, value in original.to_env().items():
+        monkeypatch.setenv(key, value)
+    assert load_settings() == original

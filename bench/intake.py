@@ -1,0 +1,140 @@
+"""Intake throughput: Kafka → consumer → Celery → worker → S3 results, with a no-op engine.
+
+Runs a private embedded stack on free ports, one consumer and N worker processes serving an
+``echo`` model (no model compute), submits jobs with the SDK and times first submit to last
+terminal status. Prints a table, then as the last line one JSON object with at least
+``jobs_per_s`` and ``batch_fill`` (mean dispatched batch size / max batch size, 0-1).
+
+    .venv/bin/python bench/intake.py --jobs 5000 --batch 64 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from infra.stack import Stack, free_stack_ports
+from pipelines.client import Client
+from pipelines.jobs import LLMJob
+from pipelines.settings import BlazeSettings
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"bench: {log.name} never said {text!r}:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=5000)
+    ap.add_argument("--batch", type=int, default=64, help="max batch size of the echo model")
+    ap.add_argument("--wait", type=float, default=0.2, help="max batch wait, seconds")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes on the cpu queue")
+    args = ap.parse_args()
+    for name in ("jobs", "batch", "workers"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be >= 1")
+
+    tmp = Path(tempfile.mkdtemp(prefix="blaze-bench-"))
+    settings = BlazeSettings(
+        namespace="bench",
+        models_dir=tmp / "models",
+        registry_file=tmp / "models.yaml",
+        stack={"state_dir": tmp / "stack", **free_stack_ports()},
+        batch={"max_size": args.batch, "max_wait_s": args.wait, "max_queued_batches": 8},
+    )
+    settings.registry_file.write_text(
+        f"models:\n  noop:\n    engine: echo\n    max_batch_size: {args.batch}\n"
+        f"    max_wait_s: {args.wait}\n"
+    )
+    env = {**__import__("os").environ, **settings.to_env()}
+    stack = Stack(settings)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        stack.up()
+        cli = [sys.executable, "-m", "pipelines.cli"]
+        logs = tmp / "logs"
+        logs.mkdir()
+        for i in range(args.workers):
+            log = logs / f"worker{i}.log"
+            with log.open("wb") as fh:
+                procs.append(
+                    subprocess.Popen(
+                        [*cli, "worker", "--device", "cpu"],
+                        env=env,
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            wait_for(log, " ready.", procs[-1])
+        clog = logs / "consumer.log"
+        with clog.open("wb") as fh:
+            consumer = subprocess.Popen(
+                [*cli, "consume"], env=env, stdout=fh, stderr=subprocess.STDOUT
+            )
+        procs.append(consumer)
+        wait_for(clog, "intake joined group", consumer)
+
+        with Client(settings) as client:
+            warm = client.submit_many([LLMJob(model="noop", prompt="warm-up")])
+            client.wait([warm[0].job_id], timeout=60)
+            jobs = [
+                LLMJob(model="noop", prompt=f"job {i}", max_new_tokens=1) for i in range(args.jobs)
+            ]
+            t0 = time.perf_counter()
+            handles = client.submit_many(jobs)
+            t_submit = time.perf_counter() - t0
+            final = client.wait([h.job_id for h in handles], timeout=600, poll_s=0.05)
+            elapsed = time.perf_counter() - t0
+        ok = sum(s.state.value == "succeeded" for s in final.values())
+        consumer.send_signal(signal.SIGTERM)
+        consumer.wait(60)
+        line = next(
+            (ln for ln in clog.read_text().splitlines()[::-1] if "intake stopped: " in ln), None
+        )
+        stats = json.loads(line.split("intake stopped: ", 1)[1]) if line else {}
+        # the warm-up job is one batch of one; leave it out of the fill
+        batches = max(1, stats.get("batches", 1) - 1)
+        mean_batch = (stats.get("dispatched_jobs", 1) - 1) / batches
+        result = {
+            "jobs": args.jobs,
+            "succeeded": ok,
+            "workers": args.workers,
+            "max_batch": args.batch,
+            "jobs_per_s": round(args.jobs / elapsed, 1),
+            "submit_jobs_per_s": round(args.jobs / t_submit, 1),
+            "batch_fill": round(mean_batch / args.batch, 3),
+            "mean_batch_size": round(mean_batch, 1),
+            "batches": batches,
+            "pauses": stats.get("pauses", 0),
+            "seconds": round(elapsed, 2),
+        }
+        print(f"{'metric':<20}value")
+        for key, value in result.items():
+            print(f"{key:<20}{value}")
+        print(json.dumps(result))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        stack.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

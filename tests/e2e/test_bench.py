@@ -1,0 +1,35 @@
+"""The benchmarks run as documented (small sizes) so they cannot rot."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_intake_benchmark_prints_its_figures_last() -> None:
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "intake.py"), "--jobs", "120", "--batch", "16"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures = json.loads(res.stdout.strip().splitlines()[-1])
+    assert figures["succeeded"] == 120 and figures["jobs_per_s"] > 0
+    assert 0 < figures["batch_fill"] <= 1
+
+
+def test_bench_rejects_bad_arguments() -> None:
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "intake.py"), "--jobs", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "--jobs must be >= 1" in res.stderr

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -137,6 +138,9 @@ def consume(
     loglevel: str = "INFO",
 ) -> None:
     """Run the Kafka intake consumer: batch jobs and dispatch them to worker queues."""
+    stop = threading.Event()  # SIGTERM during start-up still means a clean stop
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     if strategy not in ("least_outstanding", "round_robin"):
         raise ConfigError(f"--strategy must be least_outstanding or round_robin, got {strategy!r}")
     for d in device or []:
@@ -148,7 +152,7 @@ def consume(
     from pipelines.registry import load_registry
 
     registry = load_registry(settings)
-    run_intake(settings, devices=device, strategy=strategy, registry=registry)  # type: ignore[arg-type]
+    run_intake(settings, devices=device, stop=stop, strategy=strategy, registry=registry)  # type: ignore[arg-type]
 
 
 # -- producing and polling ---------------------------------------------------------------

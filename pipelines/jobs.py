@@ -63,14 +63,24 @@ class ChatMessage(BaseModel):
     content: Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)]
 
 
-class LLMJob(BaseModel):
-    """A text-generation job: either a raw ``prompt`` or chat ``messages``."""
+class _JobBase(BaseModel):
+    """Fields every job kind has."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["llm"] = "llm"
     job_id: JobId = Field(default_factory=new_job_id)
     model: ModelName
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    priority: int = Field(default=5, ge=0, le=9)
+    deadline: datetime | None = None
+    tags: Tags = {}
+    submitted_at: datetime = Field(default_factory=_now)
+
+
+class LLMJob(_JobBase):
+    """A text-generation job: either a raw ``prompt`` or chat ``messages``."""
+
+    kind: Literal["llm"] = "llm"
     prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)] | None = (
         None
     )
@@ -81,11 +91,6 @@ class LLMJob(BaseModel):
     stop: Annotated[
         list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(max_length=4)
     ] = []
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-    priority: int = Field(default=5, ge=0, le=9)
-    deadline: datetime | None = None
-    tags: Tags = {}
-    submitted_at: datetime = Field(default_factory=_now)
 
     @model_validator(mode="after")
     def _one_input(self) -> LLMJob:
@@ -94,14 +99,10 @@ class LLMJob(BaseModel):
         return self
 
 
-class DiffusionJob(BaseModel):
+class DiffusionJob(_JobBase):
     """A text-to-image job; ``num_images`` images from one prompt, PNG outputs."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     kind: Literal["diffusion"] = "diffusion"
-    job_id: JobId = Field(default_factory=new_job_id)
-    model: ModelName
     prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_IMAGE_PROMPT_CHARS)]
     negative_prompt: Annotated[str, StringConstraints(max_length=MAX_IMAGE_PROMPT_CHARS)] | None = (
         None
@@ -111,11 +112,6 @@ class DiffusionJob(BaseModel):
     num_inference_steps: int = Field(default=30, ge=1, le=200)
     guidance_scale: float = Field(default=7.5, ge=0.0, le=30.0)
     num_images: int = Field(default=1, ge=1, le=8)
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-    priority: int = Field(default=5, ge=0, le=9)
-    deadline: datetime | None = None
-    tags: Tags = {}
-    submitted_at: datetime = Field(default_factory=_now)
 
     @model_validator(mode="after")
     def _pixels(self) -> DiffusionJob:

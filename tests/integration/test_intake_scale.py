@@ -164,8 +164,13 @@ def test_consumer_killed_at_random_moments_loses_and_duplicates_nothing(
             proc.wait()
             kills += 1
         client.submit_many(jobs[sent:])
+        joined = log_path.read_text().count("intake joined group")
         final_proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
+            deadline = time.monotonic() + 90  # the group is not wedged by the kills
+            while log_path.read_text().count("intake joined group") == joined:
+                assert time.monotonic() < deadline, "consumer did not rejoin after the kills"
+                time.sleep(0.2)
             final = client.wait(ids, timeout=240)
         finally:
             final_proc.send_signal(signal.SIGTERM)

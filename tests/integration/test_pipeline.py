@@ -93,3 +93,52 @@ def test_restart_resumes_after_committed_offsets_and_duplicates_do_not_rerun(
         assert client.result_store.get(settings.result_key(first[0].job_id)) == before
         again = client.status([first[0].job_id])[first[0].job_id]
         assert again is not None and again.attempts == 1  # the model did not run it twice
+
+
+def test_dead_letters_are_listed_and_replayed_after_a_fix(settings: BlazeSettings) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import settings_env
+
+    env = settings_env(settings)
+
+    def blaze(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    wrong_model = LLMJob(job_id="fix-me", model="tinyy", prompt="typo in the model name")
+    with running_worker(settings), running_intake(settings), Client(settings) as client:
+        client.submit(wrong_model)
+        raw = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        raw.send(settings.jobs_topic("llm"), b"{broken")
+        raw.flush()
+        raw.close()
+        client.wait(["fix-me"], timeout=60)
+        assert client.status(["fix-me"])["fix-me"].state is JobState.DEAD  # type: ignore[union-attr]
+
+        listed = blaze("dlq", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        letters = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert len(letters) == 2
+        fix_me = next(x for x in letters if x["job_id"] == "fix-me")
+        assert "unknown llm model 'tinyy'" in fix_me["reason"] and ":" in fix_me["ref"]
+        broken = next(x for x in letters if x["job_id"] is None)
+
+        replay = blaze("dlq", "replay", "--job", "fix-me", "--set", "model=tiny")
+        assert replay.returncode == 0, replay.stderr
+        assert replay.stdout.split() == ["fix-me"]
+        final = client.wait(["fix-me"], timeout=60)
+        assert final["fix-me"].state is JobState.SUCCEEDED
+        result = client.result("fix-me")
+        assert result is not None and result.model == "tiny"
+
+        unfixable = blaze("dlq", "replay", "--ref", broken["ref"])
+        assert unfixable.returncode == 1 and "not JSON" in unfixable.stderr
+        missing = blaze("dlq", "replay", "--job", "never-existed")
+        assert missing.returncode == 2 and "never-existed" in missing.stderr

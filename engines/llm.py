@@ -10,12 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from engines.base import Output
 from pipelines.errors import ModelUnavailable
@@ -48,6 +56,39 @@ class _RowLimits(StoppingCriteria):
                 if any(s in tail for s in row_stops):
                     done[i] = True
         return done  # type: ignore[return-value]
+
+
+class _RowSampler(LogitsProcessor):
+    """Samples each row with its own seeded generator, then forces that token.
+
+    Rows with temperature 0 are left to greedy decoding. Each sampled row draws from its own
+    ``torch.Generator`` seeded with the job's seed, so a job gives the same text whatever
+    other jobs share its batch.
+    """
+
+    def __init__(self, temperatures: list[float], top_ps: list[float], seeds: list[int]):
+        self.temperatures = temperatures
+        self.top_ps = top_ps
+        self.generators = [
+            torch.Generator().manual_seed(seed) if t > 0 else None
+            for t, seed in zip(temperatures, seeds, strict=True)
+        ]
+        self.active = any(g is not None for g in self.generators)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for i, gen in enumerate(self.generators):
+            if gen is None:
+                continue
+            probs = torch.softmax(scores[i].float().cpu() / self.temperatures[i], dim=-1)
+            if self.top_ps[i] < 1.0:
+                sorted_p, order = torch.sort(probs, descending=True)
+                cut = torch.cumsum(sorted_p, dim=-1) - sorted_p >= self.top_ps[i]
+                sorted_p[cut] = 0.0
+                probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+            token = int(torch.multinomial(probs, 1, generator=gen))
+            scores[i] = float("-inf")
+            scores[i, token] = 0.0
+        return scores
 
 
 def weights_digest(path: Path) -> str:
@@ -118,36 +159,16 @@ class TransformersLLM:
         return job.prompt
 
     def run(self, batch: Sequence[LLMJob]) -> list[Output]:
+        """Generate for the whole batch in one call.
+
+        Raises on a failure of the call itself (the worker then splits the batch to isolate
+        the cause); a job that cannot run (prompt too long) gets its own error output.
+        """
         if self.model is None:
             raise ModelUnavailable(f"model {self.name} is not loaded")
-        outputs: list[Output | None] = [None] * len(batch)
-        # Rows that sample differently cannot share one generate call; greedy rows always can.
-        groups: dict[tuple[bool, float, float, int | None], list[int]] = {}
-        for i, job in enumerate(batch):
-            sample = job.temperature > 0
-            key = (
-                sample,
-                job.temperature if sample else 0.0,
-                job.top_p if sample else 1.0,
-                job.seed if sample else None,
-            )
-            groups.setdefault(key, []).append(i)
-        for (sample, temperature, top_p, seed), rows in groups.items():
-            jobs = [batch[i] for i in rows]
-            try:
-                results = self._generate(jobs, sample, temperature, top_p, seed)
-            except Exception as exc:  # one bad group must not fail the others
-                log.exception("generation failed for %d jobs of %s", len(jobs), self.name)
-                results = [Output(error=f"generation failed: {type(exc).__name__}: {exc}")] * len(
-                    jobs
-                )
-            for i, out in zip(rows, results, strict=True):
-                outputs[i] = out
-        return [o if o is not None else Output(error="no output") for o in outputs]
+        return self._generate(list(batch))
 
-    def _generate(
-        self, jobs: list[LLMJob], sample: bool, temperature: float, top_p: float, seed: int | None
-    ) -> list[Output]:
+    def _generate(self, jobs: list[LLMJob]) -> list[Output]:
         tok = self.tokenizer
         limit = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
         texts: list[str] = []
@@ -179,17 +200,25 @@ class TransformersLLM:
         limits = [jobs[i].max_new_tokens for i in live]
         stops = [list(jobs[i].stop) for i in live]
         criteria = StoppingCriteriaList([_RowLimits(width, limits, stops, tok)])
-        gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": max(limits),
-            "pad_token_id": tok.pad_token_id,
-        }
-        if sample:
-            gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-            torch.manual_seed(seed if seed is not None else torch.seed())
-        else:
-            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        seeds: list[int] = []
+        for i in live:
+            seed = jobs[i].seed
+            seeds.append(seed if seed is not None else secrets.randbelow(2**32))
+        sampler = _RowSampler(
+            [jobs[i].temperature for i in live], [jobs[i].top_p for i in live], seeds
+        )
         with torch.inference_mode():
-            seqs = self.model.generate(**enc, stopping_criteria=criteria, **gen_kwargs)
+            seqs = self.model.generate(
+                **enc,
+                max_new_tokens=max(limits),
+                pad_token_id=tok.pad_token_id,
+                do_sample=False,  # sampled rows are decided by _RowSampler, one RNG per row
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                stopping_criteria=criteria,
+                logits_processor=LogitsProcessorList([sampler]) if sampler.active else None,
+            )
         eos = set(_as_list(self.model.generation_config.eos_token_id)) | {tok.eos_token_id}
         for row, i in enumerate(live):
             ids = seqs[row, width:].tolist()[: limits[row]]
@@ -203,11 +232,13 @@ class TransformersLLM:
                 cut = text.find(s)
                 if cut >= 0:
                     text, finish = text[:cut], "stop"
+            sampled = jobs[i].temperature > 0
             out[i] = Output(
                 text=text,
                 finish_reason=finish,
                 prompt_tokens=prompt_lens[i],
                 completion_tokens=len(ids),
+                info={"seed": seeds[row] if sampled else None, "sampling": sampled},
             )
         return out
 

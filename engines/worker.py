@@ -7,8 +7,10 @@ one pipelined call. Infrastructure errors retry the task; job errors fail only t
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -172,9 +174,7 @@ class BatchRunner:
         t0 = time.time()
         try:
             engine = self.engines.get(model)
-            outputs = engine.run(jobs)
-            if len(outputs) != len(jobs):
-                raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(jobs)} jobs")
+            outputs = run_isolated(engine, jobs, free_accelerator_memory)
             prov = engine.describe()
         except ModelUnavailable as exc:
             outputs, prov = [Output(error=str(exc))] * len(jobs), {"model": model}
@@ -199,7 +199,7 @@ class BatchRunner:
                     provenance={
                         **prov,
                         "batch_size": batch_size,
-                        "seed": job.seed,
+                        "seed": out.info.get("seed", job.seed),
                         "params": {
                             "max_new_tokens": job.max_new_tokens,
                             "temperature": job.temperature,
@@ -216,6 +216,54 @@ class BatchRunner:
                 )
             )
         return docs
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA/CPU out-of-memory errors, whichever way the framework raised them."""
+    if isinstance(exc, MemoryError):
+        return True
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def run_isolated(
+    engine: Engine, jobs: Sequence[LLMJob], free: Callable[[], None] = lambda: None
+) -> list[Output]:
+    """Run a batch; if the call fails, split it in halves and retry each, recursively.
+
+    An out-of-memory error shrinks the batch until it fits; any other error narrows down to
+    the job(s) that cause it, which fail alone with the reason while the rest succeed.
+    """
+    try:
+        outs = engine.run(jobs)
+        if len(outs) != len(jobs):
+            raise RuntimeError(f"engine returned {len(outs)} outputs for {len(jobs)} jobs")
+        return outs
+    except Exception as exc:
+        oom = is_out_of_memory(exc)
+        if oom:
+            free()
+        if len(jobs) == 1:
+            why = "out of memory even alone" if oom else f"{type(exc).__name__}: {exc}"
+            log.warning("job %s failed on its own: %s", jobs[0].job_id, why)
+            return [Output(error=why[:1000])]
+        mid = len(jobs) // 2
+        log.warning(
+            "batch of %d failed (%s: %s); retrying as %d + %d",
+            len(jobs),
+            type(exc).__name__,
+            str(exc)[:200],
+            mid,
+            len(jobs) - mid,
+        )
+        return run_isolated(engine, jobs[:mid], free) + run_isolated(engine, jobs[mid:], free)
+
+
+def free_accelerator_memory() -> None:
+    """Release cached allocator blocks after an out-of-memory error."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def pin_device(device: str) -> str:

@@ -22,8 +22,13 @@ pytestmark = pytest.mark.integration
 
 
 @contextmanager
-def running_worker(settings: BlazeSettings, log: Path | None = None) -> Iterator[Path]:
-    """A ``blaze worker --device cpu`` process on the real stack; yields its log file."""
+def running_worker(
+    settings: BlazeSettings, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``blaze worker --device cpu`` process on the real stack, started and ready.
+
+    Stopped with SIGTERM afterwards unless the test already ended it.
+    """
     log = log or Path(tempfile.mkdtemp()) / "worker.log"
     cmd = [sys.executable, "-m", "pipelines.cli", "worker", "--device", "cpu", "--dtype", "float32"]
     with log.open("ab") as fh:
@@ -36,14 +41,15 @@ def running_worker(settings: BlazeSettings, log: Path | None = None) -> Iterator
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"worker did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield log
+        yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @contextmanager

@@ -68,3 +68,25 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     e = TransformersLLM("ghost", tmp_path / "nowhere")
     with pytest.raises(ModelUnavailable, match="ghost"):
         e.load("cpu")
+
+
+def test_a_seeded_sampled_job_gives_the_same_text_in_any_batch(engine: TransformersLLM) -> None:
+    job = LLMJob(
+        model="tiny", prompt="queues", max_new_tokens=10, temperature=1.2, top_p=0.9, seed=3
+    )
+    alone = engine.run([job])[0]
+    neighbours = [
+        LLMJob(model="tiny", prompt="a b c d e f", max_new_tokens=4, temperature=0.7, seed=1),
+        LLMJob(model="tiny", prompt="x", max_new_tokens=12),
+    ]
+    crowded = engine.run([neighbours[0], job, neighbours[1]])[1]
+    assert alone.text == crowded.text and alone.info["seed"] == 3
+    other_seed = engine.run([job.model_copy(update={"seed": 4})])[0]
+    assert other_seed.text != alone.text  # the seed matters
+
+
+def test_unseeded_sampling_records_the_seed_it_used(engine: TransformersLLM) -> None:
+    job = LLMJob(model="tiny", prompt="queues", max_new_tokens=6, temperature=1.0)
+    out = engine.run([job])[0]
+    again = engine.run([job.model_copy(update={"seed": out.info["seed"]})])[0]
+    assert isinstance(out.info["seed"], int) and again.text == out.text

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from engines.base import Engine, Output
-from engines.worker import BatchRunner, EngineCache, pin_device
+from engines.worker import BatchRunner, EngineCache, is_out_of_memory, pin_device, run_isolated
 from pipelines.errors import ConfigError, ModelUnavailable
 from pipelines.jobs import LLMJob
 from pipelines.settings import BlazeSettings
@@ -126,3 +126,47 @@ def test_pin_device_rejects_unknown_devices() -> None:
     assert pin_device("cpu") == "cpu"
     with pytest.raises(ConfigError, match="--device"):
         pin_device("tpu")
+
+
+class FragileEngine(EchoEngine):
+    """Raises for the whole batch if it holds a 'crash' prompt, or if it is larger than 2."""
+
+    def run(self, batch: Sequence[LLMJob]) -> list[Output]:
+        self.calls.append(len(batch))
+        if len(batch) > 2 and self.name == "oom":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if any("crash" in (j.prompt or "") for j in batch):
+            raise ValueError("tokenizer exploded")
+        return [Output(text=(j.prompt or "").upper()) for j in batch]
+
+
+def test_poison_job_that_crashes_the_batch_is_isolated_by_bisection() -> None:
+    engine = FragileEngine("m")
+    jobs = [
+        LLMJob(job_id=f"j{i}", model="m", prompt="crash" if i == 5 else f"p{i}") for i in range(8)
+    ]
+    outs = run_isolated(engine, jobs)
+    assert [o.error is None for o in outs] == [i != 5 for i in range(8)]
+    assert outs[5].error == "ValueError: tokenizer exploded"
+    assert outs[0].text == "P0" and engine.calls[0] == 8
+
+
+def test_out_of_memory_splits_the_batch_until_it_fits() -> None:
+    engine = FragileEngine("oom")
+    freed: list[int] = []
+    jobs = [LLMJob(job_id=f"j{i}", model="m", prompt=f"p{i}") for i in range(8)]
+    outs = run_isolated(engine, jobs, lambda: freed.append(1))
+    assert all(o.error is None for o in outs) and [o.text for o in outs] == [
+        f"P{i}" for i in range(8)
+    ]
+    assert engine.calls == [8, 4, 2, 2, 4, 2, 2] and len(freed) == 3
+    assert is_out_of_memory(MemoryError()) and not is_out_of_memory(ValueError("x"))
+
+
+def test_runner_isolates_a_crashing_job_inside_a_batch() -> None:
+    results, status = MemoryResultStore(), MemoryStatusStore()
+    run = BatchRunner(SETTINGS, results, status, EngineCache(FragileEngine, "cpu"))
+    jobs = [LLMJob(job_id=f"k{i}", model="m", prompt="crash" if i == 2 else "ok") for i in range(4)]
+    summary = run.run(payload(*jobs))
+    assert summary["succeeded"] == 3 and summary["failed"] == 1
+    assert "tokenizer exploded" in result(results, "k2")["error"]

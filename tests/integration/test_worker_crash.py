@@ -1,0 +1,47 @@
+"""A worker killed mid-batch loses nothing: the batch comes back and runs on another worker."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.client import Client
+from pipelines.jobs import LLMJob
+from pipelines.settings import BlazeSettings
+from pipelines.status import JobState
+from tests.integration.conftest import running_intake, running_worker
+
+pytestmark = pytest.mark.integration
+
+
+def test_batch_of_a_killed_worker_is_redelivered_and_completed(
+    settings: BlazeSettings, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"visibility_timeout_s": 10})}
+    )
+    # long generations so the kill lands while the batch runs
+    jobs = [LLMJob(model="tiny", prompt=f"slow {i}", max_new_tokens=480) for i in range(8)]
+    ids = [j.job_id for j in jobs]
+    first_log = tmp_path / "worker-1.log"
+    with running_intake(settings), Client(settings) as client:
+        with running_worker(settings, first_log) as proc:
+            client.submit_many(jobs)
+            deadline = time.monotonic() + 60
+            while not any(
+                s is not None and s.state is JobState.RUNNING for s in client.status(ids).values()
+            ):
+                assert time.monotonic() < deadline, "the batch never started"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        states = client.status(ids)
+        assert not all(s is not None and s.state.terminal for s in states.values())
+        with running_worker(settings, tmp_path / "worker-2.log"):
+            final = client.wait(ids, timeout=120)
+    assert {s.state for s in final.values()} == {JobState.SUCCEEDED}
+    attempts = {s.attempts for s in final.values()}
+    assert max(attempts) == 2  # ran once on the killed worker, once after redelivery

@@ -33,3 +33,29 @@ def test_bench_rejects_bad_arguments() -> None:
         timeout=60,
     )
     assert res.returncode == 2 and "--jobs must be >= 1" in res.stderr
+
+
+def test_engine_benchmark_prints_speedups_last(tiny_models: Path) -> None:
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "engines.py"),
+            "--model-dir",
+            str(tiny_models / "tiny"),
+            "--sizes",
+            "1,4",
+            "--new-tokens",
+            "4",
+            "--rounds",
+            "1",
+            "--dtype",
+            "float32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(figures["llm_speedup"]) == {"4"} and figures["llm_speedup"]["4"] > 0
+    assert "diffusion_speedup" in figures

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from pipelines.jobs import LLMJob
+from pipelines.jobs import AnyJob
+
+J_contra = TypeVar("J_contra", bound=AnyJob, contravariant=True)
 
 
 @dataclass(frozen=True)
@@ -18,10 +20,11 @@ class Output:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    images: list[bytes] = field(default_factory=list)  # PNG bytes, for image engines
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class Engine(Protocol):
+class Engine(Protocol[J_contra]):
     """Runs batches of jobs of one model on one device."""
 
     name: str
@@ -30,7 +33,7 @@ class Engine(Protocol):
         """Load weights onto ``device`` once; later batches reuse them."""
         ...
 
-    def run(self, batch: Sequence[LLMJob]) -> list[Output]:
+    def run(self, batch: Sequence[J_contra]) -> list[Output]:
         """Run the whole batch; returns one ``Output`` per job, in the same order."""
         ...
 

@@ -111,12 +111,15 @@ class TransformersLLM:
         dtype: ``bfloat16`` (fastest on recent CPUs and GPUs), ``float16`` or ``float32``.
     """
 
-    def __init__(self, name: str, path: Path, dtype: str = "bfloat16") -> None:
+    def __init__(
+        self, name: str, path: Path, dtype: str = "bfloat16", quantize: str = "none"
+    ) -> None:
         if dtype not in DTYPES:
             raise ModelUnavailable(f"model {name}: dtype {dtype!r} is not one of {sorted(DTYPES)}")
         self.name = name
         self.path = Path(path)
         self.dtype = dtype
+        self.quantize = quantize
         self.device = "cpu"
         self.model: Any = None
         self.tokenizer: Any = None
@@ -133,6 +136,16 @@ class TransformersLLM:
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
+        if self.quantize == "int8":
+            # dynamic int8 Linear layers: weights stored as int8, activations quantised per
+            # call; its kernels are float32/CPU-only
+            from torch.ao.quantization import quantize_dynamic
+
+            model = quantize_dynamic(  # type: ignore[no-untyped-call]
+                model.float(),  # type: ignore[no-untyped-call]
+                {torch.nn.Linear},
+                dtype=torch.qint8,
+            )
         self.model = model.to(device).eval()  # type: ignore[arg-type]
         self.tokenizer = tok
         self.device = device
@@ -145,8 +158,21 @@ class TransformersLLM:
             "weights": self._digest,
             "path": str(self.path),
             "dtype": self.dtype,
+            "quantize": self.quantize,
             "device": self.device,
         }
+
+    def memory_bytes(self) -> int:
+        if self.model is None:
+            return 0
+        size = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        # dynamic int8 layers keep packed weights outside .parameters()
+        packed = sum(
+            m.weight().numel()  # int8: one byte per weight
+            for m in self.model.modules()
+            if callable(getattr(m, "weight", None))
+        )
+        return int(size + packed)
 
     def _render(self, job: LLMJob) -> str:
         if job.messages is not None:

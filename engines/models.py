@@ -26,11 +26,12 @@ _DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def resolve_model(settings: BlazeSettings, spec: ModelSpec) -> Path:
     """The ``from_pretrained`` folder of a registered model, preparing the demo model once."""
     folder = spec.folder(settings)
-    if (folder / "config.json").exists():
+    if (folder / ("model_index.json" if spec.kind == "diffusion" else "config.json")).exists():
         return folder
     if spec.name == DEMO_MODEL and not spec.source:
         return install_demo_model(settings)
-    raise ModelUnavailable(f"model {spec.name!r}: no config.json in {folder}")
+    marker = "model_index.json" if spec.kind == "diffusion" else "config.json"
+    raise ModelUnavailable(f"model {spec.name!r}: no {marker} in {folder}")
 
 
 def _demo_gguf() -> Path:
@@ -130,4 +131,98 @@ def make_tiny_llm(target: Path, seed: int = 0, vocab_size: int = 320) -> Path:
     model = LlamaForCausalLM(config)
     model.save_pretrained(target)
     tok.save_pretrained(target)
+    return target
+
+
+def make_tiny_diffusion(target: Path, seed: int = 0) -> Path:
+    """Write a tiny random Stable Diffusion pipeline with a character-level CLIP tokenizer.
+
+    UNet, VAE and text encoder are a few hundred kB; 64x64 images in a few steps take well
+    under a second on a CPU. The images are noise-like: this is for tests and benchmarks.
+    """
+    import json
+    import string
+
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in string.ascii_lowercase + string.digits + ".,!?'-:;()":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-clip-", dir=target))
+    try:
+        (tmp / "vocab.json").write_text(json.dumps(vocab))
+        (tmp / "merges.txt").write_text("#version: 0.2\n")  # no merges: one token per character
+        tokenizer = CLIPTokenizer(
+            str(tmp / "vocab.json"),
+            str(tmp / "merges.txt"),
+            pad_token="<|endoftext|>",
+            model_max_length=77,
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        attention_head_dim=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=[8, 16],
+        norm_num_groups=4,
+        sample_size=32,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(target)
     return target

@@ -12,18 +12,26 @@ import logging
 import os
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from engines.base import Engine, Output
 from pipelines.errors import ConfigError, ModelUnavailable, ServiceUnavailable
-from pipelines.jobs import LLMJob
+from pipelines.jobs import AnyJob, DiffusionJob, Job
 from pipelines.registry import Registry, load_registry
-from pipelines.results import LLMResult, Usage
+from pipelines.results import (
+    AnyResult,
+    DiffusionResult,
+    ImageRef,
+    LLMResult,
+    Usage,
+    parse_result,
+)
 from pipelines.settings import BlazeSettings
 from pipelines.status import JobState, StatusStore, StatusUpdate
 from pipelines.storage import ResultStore
@@ -31,7 +39,8 @@ from pipelines.tasks import RUN_BATCH, celery_app
 
 log = logging.getLogger(__name__)
 
-EngineFactory = Callable[[str], Engine]
+EngineFactory = Callable[[str], Engine[Any]]
+_JOB: TypeAdapter[AnyJob] = TypeAdapter(Job)
 RETRY_FAILED_LOAD_S = 60.0
 
 
@@ -39,17 +48,22 @@ RETRY_FAILED_LOAD_S = 60.0
 class EngineCache:
     """Engines by model name, each loaded once on this worker's device and then reused.
 
-    A model that fails to load is remembered as unhealthy for ``RETRY_FAILED_LOAD_S``: its
-    jobs fail with the load error instead of the worker crashing or reloading every batch.
+    With a ``budget_bytes``, loading a model that would not fit unloads the least recently
+    used ones first. A model that fails to load is remembered as unhealthy for
+    ``RETRY_FAILED_LOAD_S``: its jobs fail with the load error instead of the worker crashing
+    or reloading every batch.
     """
 
     factory: EngineFactory
     device: str
-    engines: dict[str, Engine] = field(default_factory=dict)
+    budget_bytes: int | None = None
+    engines: OrderedDict[str, Engine[Any]] = field(default_factory=OrderedDict)
     failures: dict[str, tuple[float, str]] = field(default_factory=dict)
+    unloaded: list[str] = field(default_factory=list)
 
-    def get(self, model: str) -> Engine:
+    def get(self, model: str) -> Engine[Any]:
         if model in self.engines:
+            self.engines.move_to_end(model)
             return self.engines[model]
         failed = self.failures.get(model)
         if failed and time.monotonic() - failed[0] < RETRY_FAILED_LOAD_S:
@@ -66,12 +80,31 @@ class EngineCache:
             raise ModelUnavailable(msg) from exc
         self.failures.pop(model, None)
         self.engines[model] = engine
+        self._fit_budget(keep=model)
         return engine
+
+    def loaded_bytes(self) -> int:
+        return sum(_memory_bytes(e) for e in self.engines.values())
+
+    def _fit_budget(self, keep: str) -> None:
+        if self.budget_bytes is None:
+            return
+        while self.loaded_bytes() > self.budget_bytes and len(self.engines) > 1:
+            victim = next(m for m in self.engines if m != keep)
+            del self.engines[victim]
+            self.unloaded.append(victim)
+            free_accelerator_memory()
+            log.info("unloaded %s (least recently used) to stay under the memory budget", victim)
 
     def health(self) -> dict[str, str]:
         out = {m: "loaded" for m in self.engines}
         out.update({m: f"unhealthy: {why}" for m, (_, why) in self.failures.items()})
         return out
+
+
+def _memory_bytes(engine: Engine[Any]) -> int:
+    size = getattr(engine, "memory_bytes", None)
+    return int(size()) if callable(size) else 0
 
 
 class BatchRunner:
@@ -105,12 +138,17 @@ class BatchRunner:
         if redelivered:
             self._settle_existing(redelivered, keys)
         self.status.update([StatusUpdate(j.job_id, JobState.RUNNING, at=started) for j in todo])
-        docs: list[LLMResult] = list(broken)
-        by_model: dict[str, list[LLMJob]] = {}
+        docs: list[AnyResult] = list(broken)
+        blobs: list[tuple[str, bytes, str]] = []
+        by_model: dict[str, list[AnyJob]] = {}
         for j in todo:
             by_model.setdefault(j.model, []).append(j)
         for model, group in by_model.items():
-            docs.extend(self._run_model(model, group, queued_at, len(jobs)))
+            got_docs, got_blobs = self._run_model(model, group, queued_at, len(jobs))
+            docs.extend(got_docs)
+            blobs.extend(got_blobs)
+        # images first: whoever sees result.json finds every image it names
+        self.results.put_many(blobs)
         self.results.put_many(
             [(self.settings.result_key(d.job_id), d.to_json(), "application/json") for d in docs]
         )
@@ -134,43 +172,37 @@ class BatchRunner:
             "skipped": len(redelivered),
         }
 
-    def _parse(self, raw_jobs: Sequence[Any]) -> tuple[list[LLMJob], list[LLMResult]]:
-        jobs: list[LLMJob] = []
-        broken: list[LLMResult] = []
+    def _parse(self, raw_jobs: Sequence[Any]) -> tuple[list[AnyJob], list[AnyResult]]:
+        jobs: list[AnyJob] = []
+        broken: list[AnyResult] = []
         for raw in raw_jobs:
             try:
-                jobs.append(LLMJob.model_validate(raw))
+                jobs.append(_JOB.validate_python(raw))
             except ValidationError as exc:
                 # Only reachable if a producer bypassed intake; fail the job if it has an id.
                 jid = raw.get("job_id") if isinstance(raw, dict) else None
                 if isinstance(jid, str) and all(c.isalnum() or c in "._-" for c in jid) and jid:
                     reason = f"invalid job reached the worker: {exc.error_count()} errors"
-                    broken.append(
-                        LLMResult(
-                            job_id=jid,
-                            status="failed",
-                            model=str(raw.get("model", "")),
-                            error=reason,
-                        )
-                    )
+                    model = str(raw.get("model", ""))
+                    broken.append(LLMResult(job_id=jid, status="failed", model=model, error=reason))
                 else:
                     log.error("dropping unidentifiable job in batch: %s", exc)
         return jobs, broken
 
-    def _settle_existing(self, jobs: list[LLMJob], keys: dict[str, str]) -> None:
+    def _settle_existing(self, jobs: list[AnyJob], keys: dict[str, str]) -> None:
         updates = []
         for j in jobs:
             raw = self.results.get(keys[j.job_id])
             state = JobState.SUCCEEDED
-            if raw is not None and LLMResult.model_validate_json(raw).status == "failed":
+            if raw is not None and parse_result(raw).status == "failed":
                 state = JobState.FAILED
             updates.append(StatusUpdate(j.job_id, state, "result already written"))
         self.status.update(updates)
         log.info("skipped %d redelivered jobs that already have results", len(jobs))
 
     def _run_model(
-        self, model: str, jobs: list[LLMJob], queued_at: float, batch_size: int
-    ) -> list[LLMResult]:
+        self, model: str, jobs: list[AnyJob], queued_at: float, batch_size: int
+    ) -> tuple[list[AnyResult], list[tuple[str, bytes, str]]]:
         t0 = time.time()
         try:
             engine = self.engines.get(model)
@@ -183,39 +215,63 @@ class BatchRunner:
             outputs = [Output(error=f"engine error: {type(exc).__name__}: {exc}")] * len(jobs)
             prov = {"model": model}
         compute = time.time() - t0
-        docs = []
+        docs: list[AnyResult] = []
+        blobs: list[tuple[str, bytes, str]] = []
         for job, out in zip(jobs, outputs, strict=True):
+            common: dict[str, Any] = {
+                "job_id": job.job_id,
+                "status": "failed" if out.error else "succeeded",
+                "model": model,
+                "error": out.error,
+                "tags": dict(job.tags),
+                "timings": {
+                    "queue_wait_s": round(max(0.0, t0 - job.submitted_at.timestamp()), 4),
+                    "batch_wait_s": round(max(0.0, t0 - queued_at), 4),
+                    "compute_s": round(compute, 4),
+                },
+            }
+            provenance = {**prov, "batch_size": batch_size, "seed": out.info.get("seed", job.seed)}
+            if isinstance(job, DiffusionJob):
+                refs = []
+                for k, png in enumerate(out.images):
+                    key = f"{self.settings.result_prefix(job.job_id)}image-{k}.png"
+                    blobs.append((key, png, "image/png"))
+                    seed = None if out.info.get("seed") is None else out.info["seed"] + k
+                    refs.append(
+                        ImageRef(
+                            key=key, seed=seed, width=job.width, height=job.height, bytes=len(png)
+                        )
+                    )
+                provenance["params"] = job.model_dump(
+                    include={
+                        "width",
+                        "height",
+                        "num_inference_steps",
+                        "guidance_scale",
+                        "num_images",
+                        "negative_prompt",
+                    }
+                )
+                docs.append(DiffusionResult(**common, images=refs, provenance=provenance))
+                continue
+            provenance["params"] = {
+                "max_new_tokens": job.max_new_tokens,
+                "temperature": job.temperature,
+                "top_p": job.top_p,
+                "stop": list(job.stop),
+            }
             docs.append(
                 LLMResult(
-                    job_id=job.job_id,
-                    status="failed" if out.error else "succeeded",
-                    model=model,
+                    **common,
                     text=out.text,
                     finish_reason=out.finish_reason,  # type: ignore[arg-type]
                     usage=Usage(
                         prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens
                     ),
-                    error=out.error,
-                    provenance={
-                        **prov,
-                        "batch_size": batch_size,
-                        "seed": out.info.get("seed", job.seed),
-                        "params": {
-                            "max_new_tokens": job.max_new_tokens,
-                            "temperature": job.temperature,
-                            "top_p": job.top_p,
-                            "stop": list(job.stop),
-                        },
-                    },
-                    timings={
-                        "queue_wait_s": round(max(0.0, t0 - job.submitted_at.timestamp()), 4),
-                        "batch_wait_s": round(max(0.0, t0 - queued_at), 4),
-                        "compute_s": round(compute, 4),
-                    },
-                    tags=dict(job.tags),
+                    provenance=provenance,
                 )
             )
-        return docs
+        return docs, blobs
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -226,7 +282,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def run_isolated(
-    engine: Engine, jobs: Sequence[LLMJob], free: Callable[[], None] = lambda: None
+    engine: Engine[Any], jobs: Sequence[AnyJob], free: Callable[[], None] = lambda: None
 ) -> list[Output]:
     """Run a batch; if the call fails, split it in halves and retry each, recursively.
 
@@ -276,27 +332,35 @@ def pin_device(device: str) -> str:
     raise ConfigError(f"--device must be 'cpu' or 'cuda:N', got {device!r}")
 
 
-def llm_factory(
+def engine_factory(
     settings: BlazeSettings, dtype: str | None = None, registry: Registry | None = None
 ) -> EngineFactory:
-    """Builds the engine a registered LLM asks for; ``dtype`` overrides the registry's."""
+    """Builds the engine a registered model asks for; ``dtype`` overrides the registry's."""
     from engines.echo import EchoEngine
-    from engines.llm import TransformersLLM
     from engines.models import resolve_model
 
     state = {"registry": registry or load_registry(settings)}
 
-    def make(model: str) -> Engine:
+    def make(model: str) -> Engine[Any]:
         spec = state["registry"].get(model)
         if spec is None:  # a folder may have appeared since start-up
             state["registry"] = load_registry(settings)
             spec = state["registry"].get(model)
-        if spec is None or spec.kind != "llm":
+        if spec is None:
             known = ", ".join(state["registry"].names())
             raise ModelUnavailable(f"unknown model {model!r} (known: {known})")
+        if dtype is not None:
+            spec = spec.model_copy(update={"dtype": dtype})
         if spec.engine_name == "echo":
             return EchoEngine(model)
-        return TransformersLLM(model, resolve_model(settings, spec), dtype=dtype or spec.dtype)
+        if spec.kind == "diffusion":
+            from engines.diffusion import DiffusersEngine
+
+            return DiffusersEngine(model, resolve_model(settings, spec), spec)
+        from engines.llm import TransformersLLM
+
+        folder = resolve_model(settings, spec)
+        return TransformersLLM(model, folder, dtype=spec.dtype, quantize=spec.quantize)
 
     return make
 
@@ -329,8 +393,13 @@ def run_worker(
     preload: Sequence[str] = (),
     dtype: str | None = None,
     loglevel: str = "INFO",
+    kinds: Sequence[str] = ("llm", "diffusion"),
 ) -> None:
-    """Serve ``{namespace}.llm.{device}`` until SIGTERM (warm shutdown finishes the batch)."""
+    """Serve ``{namespace}.{kind}.{device}`` for each kind until SIGTERM.
+
+    Warm shutdown finishes the batch in hand; a batch taken but not finished by a process
+    that dies goes back to the queue (late acknowledgement).
+    """
     torch_device = pin_device(device)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -346,20 +415,23 @@ def run_worker(
     store = S3ResultStore(settings)
     store.ensure_bucket()
     status = RedisStatusStore(settings)
-    cache = EngineCache(llm_factory(settings, dtype), torch_device)
+    budget = settings.worker.memory_budget_mb
+    cache = EngineCache(
+        engine_factory(settings, dtype), torch_device, None if budget is None else budget << 20
+    )
     for model in preload:
         try:
             cache.get(model)
         except ModelUnavailable as exc:
             log.error("preload: %s", exc)
     app = worker_app(settings, BatchRunner(settings, store, status, cache))
-    queue = settings.queue("llm", device)
-    name = f"{settings.namespace}-llm-{device.replace(':', '')}@%h"
+    queues = ",".join(settings.queue(kind, device) for kind in kinds)
+    name = f"{settings.namespace}-{device.replace(':', '')}@%h"
     app.worker_main(
         [
             "worker",
             "--queues",
-            queue,
+            queues,
             "--pool",
             "solo",
             "--concurrency",

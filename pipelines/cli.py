@@ -42,7 +42,7 @@ app.add_typer(submit_app, name="submit")
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
 app.add_typer(dlq_app, name="dlq")
 
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -113,9 +113,15 @@ def worker(
     dtype: Annotated[
         str | None, typer.Option(help="bfloat16, float16 or float32 (default: the registry's)")
     ] = None,
+    kind: Annotated[
+        list[str] | None, typer.Option("--kind", help="llm and/or diffusion (default: both)")
+    ] = None,
     loglevel: str = "INFO",
 ) -> None:
-    """Run a Celery worker pinned to one device, serving that device's LLM queue."""
+    """Run a Celery worker pinned to one device, serving that device's queues."""
+    for k in kind or []:
+        if k not in ("llm", "diffusion"):
+            raise ConfigError(f"--kind must be llm or diffusion, got {k!r}")
     if dtype is not None and dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"--dtype must be bfloat16, float16 or float32, got {dtype!r}")
     settings = _settings()
@@ -123,7 +129,14 @@ def worker(
 
     pin_device(device)  # validates before the slow imports
     _logging(loglevel)
-    run_worker(settings, device=device, preload=model or [], dtype=dtype, loglevel=loglevel)
+    run_worker(
+        settings,
+        device=device,
+        preload=model or [],
+        dtype=dtype,
+        loglevel=loglevel,
+        kinds=kind or ("llm", "diffusion"),
+    )
 
 
 @app.command()
@@ -444,15 +457,20 @@ def dlq_replay(
 # -- models ------------------------------------------------------------------------------
 @models_app.command("make-tiny")
 def models_make_tiny(
-    directory: Annotated[Path, typer.Argument(help="folder to write")], seed: int = 0
+    directory: Annotated[Path, typer.Argument(help="folder to write")],
+    kind: Annotated[str, typer.Option(help="llm or diffusion")] = "llm",
+    seed: int = 0,
 ) -> None:
-    """Write a tiny random Llama-style model with its tokenizer (for tests)."""
-    from engines.models import make_tiny_llm
+    """Write a tiny random model for tests: a Llama-style LLM or a Stable Diffusion pipeline."""
+    from engines.models import make_tiny_diffusion, make_tiny_llm
 
+    if kind not in ("llm", "diffusion"):
+        raise ConfigError(f"--kind must be llm or diffusion, got {kind!r}")
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{directory} exists and is not a folder")
-    path = make_tiny_llm(directory, seed=seed)
-    out.print(f"wrote a tiny LLM to {path}", highlight=False)
+    make = make_tiny_llm if kind == "llm" else make_tiny_diffusion
+    path = make(directory, seed=seed)
+    out.print(f"wrote a tiny {kind} model to {path}", highlight=False)
 
 
 @models_app.command("list")

@@ -32,6 +32,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from pipelines.errors import ConfigError
@@ -59,6 +60,14 @@ class ModelSpec(BaseModel):
     max_batch_size: int | None = Field(default=None, ge=1, le=1024)
     max_wait_s: float | None = Field(default=None, gt=0, le=600)
     devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    # memory and speed options
+    attention_slicing: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = Field(default=False, description="GPU only: keep idle parts in RAM")
+    quantize: Literal["none", "int8"] = Field(
+        default="none", description="int8: dynamic int8 Linear layers (CPU LLMs)"
+    )
 
     @field_validator("devices")
     @classmethod
@@ -67,6 +76,18 @@ class ModelSpec(BaseModel):
             if not DEVICE.match(d):
                 raise ValueError(f"device {d!r} is not 'cpu' or 'cuda:N'")
         return value
+
+    @model_validator(mode="after")
+    def _options_fit_the_kind(self) -> ModelSpec:
+        if self.kind == "llm" and (self.attention_slicing or self.vae_slicing or self.vae_tiling):
+            raise ValueError("attention_slicing, vae_slicing and vae_tiling are diffusion options")
+        if self.kind == "diffusion" and self.quantize != "none":
+            raise ValueError("quantize applies to LLMs only")
+        if self.quantize == "int8" and any(d.startswith("cuda") for d in self.devices):
+            raise ValueError(
+                "quantize: int8 is for CPU devices (dynamic int8 kernels are CPU-only)"
+            )
+        return self
 
     @property
     def engine_name(self) -> str:
@@ -130,7 +151,11 @@ def load_registry(settings: BlazeSettings) -> Registry:
     root = settings.models_dir
     if root.is_dir():
         for folder in sorted(root.iterdir()):
-            if (folder / "config.json").exists() and folder.name[:1].isalnum():
+            if not folder.name[:1].isalnum():
+                continue
+            if (folder / "model_index.json").exists():  # a diffusers pipeline
+                specs[folder.name] = ModelSpec(name=folder.name, kind="diffusion")
+            elif (folder / "config.json").exists():
                 specs[folder.name] = ModelSpec(name=folder.name)
     specs.setdefault(DEMO_MODEL, ModelSpec(name=DEMO_MODEL))
     path = settings.registry_file

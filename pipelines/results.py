@@ -36,3 +36,46 @@ class LLMResult(BaseModel):
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
+
+
+class ImageRef(BaseModel):
+    """One image of a diffusion result: where its PNG is and how it was made."""
+
+    model_config = ConfigDict(frozen=True)
+    key: str
+    seed: int | None = None
+    width: int
+    height: int
+    bytes: int
+
+
+class DiffusionResult(BaseModel):
+    """Outcome of one diffusion job; the PNGs sit beside ``result.json`` under the job prefix."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    job_id: str
+    kind: Literal["diffusion"] = "diffusion"
+    status: Literal["succeeded", "failed"]
+    model: str
+    images: list[ImageRef] = Field(default_factory=list)
+    error: str | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+AnyResult = LLMResult | DiffusionResult
+
+
+def parse_result(raw: bytes) -> AnyResult:
+    """A result document of either kind."""
+    import json
+
+    kind = json.loads(raw).get("kind", "llm")
+    model = DiffusionResult if kind == "diffusion" else LLMResult
+    return model.model_validate_json(raw)

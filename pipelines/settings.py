@@ -106,6 +106,9 @@ class WorkerSettings(_Group):
         default=3600, ge=10, description="longer than the longest batch, or it runs twice"
     )
     torch_threads: int | None = Field(default=None, ge=1, le=256)
+    memory_budget_mb: int | None = Field(
+        default=None, ge=1, description="unload least recently used models above this"
+    )
 
 
 class BlazeSettings(BaseSettings):

@@ -30,12 +30,13 @@ def settings_env(settings: BlazeSettings) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models folder holding two tiny random LLMs, ``tiny`` and ``tiny2``."""
-    from engines.models import make_tiny_llm
+    """A models folder: tiny random LLMs ``tiny`` and ``tiny2``, a tiny pipeline ``sd-tiny``."""
+    from engines.models import make_tiny_diffusion, make_tiny_llm
 
     root = tmp_path_factory.mktemp("models")
     make_tiny_llm(root / "tiny", seed=0)
     make_tiny_llm(root / "tiny2", seed=1)
+    make_tiny_diffusion(root / "sd-tiny", seed=0)
     return root
 
 

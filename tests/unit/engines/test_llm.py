@@ -90,3 +90,14 @@ def test_unseeded_sampling_records_the_seed_it_used(engine: TransformersLLM) -> 
     out = engine.run([job])[0]
     again = engine.run([job.model_copy(update={"seed": out.info["seed"]})])[0]
     assert isinstance(out.info["seed"], int) and again.text == out.text
+
+
+def test_dynamic_int8_quantisation_runs_and_shrinks_the_weights(tiny_models: Path) -> None:
+    plain = TransformersLLM("tiny", tiny_models / "tiny", dtype="float32")
+    plain.load("cpu")
+    small = TransformersLLM("tiny", tiny_models / "tiny", dtype="float32", quantize="int8")
+    small.load("cpu")
+    out = small.run([LLMJob(model="tiny", prompt="hello", max_new_tokens=4)])[0]
+    assert out.error is None and out.completion_tokens > 0
+    assert small.memory_bytes() < plain.memory_bytes()
+    assert small.describe()["quantize"] == "int8"

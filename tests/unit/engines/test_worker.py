@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from engines.base import Engine, Output
 from engines.worker import BatchRunner, EngineCache, is_out_of_memory, pin_device, run_isolated
 from pipelines.errors import ConfigError, ModelUnavailable
-from pipelines.jobs import LLMJob
+from pipelines.jobs import DiffusionJob, LLMJob
 from pipelines.settings import BlazeSettings
 from pipelines.status import JobState, MemoryStatusStore
 from pipelines.storage import MemoryResultStore
@@ -170,3 +171,49 @@ def test_runner_isolates_a_crashing_job_inside_a_batch() -> None:
     summary = run.run(payload(*jobs))
     assert summary["succeeded"] == 3 and summary["failed"] == 1
     assert "tokenizer exploded" in result(results, "k2")["error"]
+
+
+def test_diffusion_results_list_their_images_written_before_the_document(tiny_models: Path) -> None:
+    from engines.worker import engine_factory
+
+    settings = BlazeSettings(
+        namespace="unit", models_dir=tiny_models, registry_file=tiny_models / "none.yaml"
+    )
+    results, status = MemoryResultStore(), MemoryStatusStore()
+    run = BatchRunner(
+        settings, results, status, EngineCache(engine_factory(settings, "float32"), "cpu")
+    )
+    jobs = [
+        DiffusionJob(
+            job_id=f"d{i}",
+            model="sd-tiny",
+            prompt="fox",
+            width=64,
+            height=64,
+            num_inference_steps=2,
+            num_images=i + 1,
+            seed=5,
+        )
+        for i in range(2)
+    ]
+    assert run.run(payload(*jobs))["succeeded"] == 2
+    body = json.loads(results.get(settings.result_key("d1")) or b"")
+    assert body["kind"] == "diffusion" and [i["seed"] for i in body["images"]] == [5, 6]
+    keys = [i["key"] for i in body["images"]]
+    assert keys == ["unit/jobs/d1/image-0.png", "unit/jobs/d1/image-1.png"]
+    assert all((results.get(k) or b"").startswith(b"\x89PNG") for k in keys)
+    order = list(results.objects)
+    assert order.index(keys[0]) < order.index(settings.result_key("d1"))
+
+
+def test_memory_budget_unloads_the_least_recently_used_model() -> None:
+    class Sized(EchoEngine):
+        def memory_bytes(self) -> int:
+            return 100
+
+    cache = EngineCache(Sized, "cpu", budget_bytes=250)
+    cache.get("a")
+    cache.get("b")
+    cache.get("a")  # a is now the most recently used
+    cache.get("c")
+    assert list(cache.engines) == ["a", "c"] and cache.unloaded == ["b"]

@@ -5,11 +5,15 @@ LLM: the Blaze transformers engine on SmolLM2-135M-Instruct (bf16 by default), c
 production; tokens/s counts the tokens actually produced). Each batch size runs the same
 prompts; sizes are interleaved over ``--rounds`` so machine drift hits all alike.
 
-Prints a table, then as the last line one JSON object
-``{"llm_speedup": {"8": x, "16": y, "32": z}, "diffusion_speedup": {...}}``: throughput at that
-batch size over batch 1. (The diffusion engine is not there yet: its entry stays empty.)
+Diffusion: the Blaze diffusers engine on a tiny random Stable Diffusion pipeline (no real
+weights ship offline; ``--diffusion-dir`` takes a real one), images per second at each batch
+size, same seeds and prompts.
 
-    .venv/bin/python bench/engines.py [--sizes 1,8,16,32] [--new-tokens 32] [--threads 2]
+Prints tables, then as the last line one JSON object
+``{"llm_speedup": {"8": x, "16": y, "32": z}, "diffusion_speedup": {"4": x, "8": y}}``:
+throughput at that batch size over batch 1.
+
+    .venv/bin/python bench/engines.py [--sizes 1,8,16,32] [--diffusion-sizes 1,4,8]
 """
 
 from __future__ import annotations
@@ -46,13 +50,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--model-dir", type=Path, default=None, help="a from_pretrained LLM folder")
+    ap.add_argument("--diffusion-sizes", default="1,4,8", help="comma-separated batch sizes")
+    ap.add_argument("--diffusion-dir", type=Path, default=None, help="a diffusers pipeline folder")
+    ap.add_argument("--image-size", type=int, default=64, help="width and height of the images")
+    ap.add_argument("--steps", type=int, default=10, help="denoising steps per image")
     args = ap.parse_args()
-    try:
-        sizes = sorted({int(x) for x in args.sizes.split(",")})
-    except ValueError:
-        ap.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
-    if not sizes or sizes[0] < 1 or 1 not in sizes:
-        ap.error("--sizes must be positive and include 1 (speedups are over batch 1)")
+
+    def parse_sizes(flag: str, text: str) -> list[int]:
+        try:
+            found = sorted({int(x) for x in text.split(",")})
+        except ValueError:
+            ap.error(f"{flag} must be comma-separated integers, got {text!r}")
+        if not found or found[0] < 1 or 1 not in found:
+            ap.error(f"{flag} must be positive and include 1 (speedups are over batch 1)")
+        return found
+
+    sizes = parse_sizes("--sizes", args.sizes)
+    dsizes = parse_sizes("--diffusion-sizes", args.diffusion_sizes)
     if args.new_tokens < 1 or args.rounds < 1 or args.threads < 1:
         ap.error("--new-tokens, --rounds and --threads must be >= 1")
 
@@ -100,15 +114,62 @@ def main() -> None:
     for s in sizes:
         print(f"{s:>6} {median[s]:>10.1f} {median[s] / median[1]:>8.2f}")
     speedup = {str(s): round(median[s] / median[1], 2) for s in sizes if s != 1}
+    dmedian = bench_diffusion(args, dsizes)
+    print(
+        f"\n{'batch':>6} {'images/s':>10} {'speedup':>8}   (diffusion, {args.image_size}px, "
+        f"{args.steps} steps, median of {args.rounds})"
+    )
+    for s in dsizes:
+        print(f"{s:>6} {dmedian[s]:>10.2f} {dmedian[s] / dmedian[1]:>8.2f}")
+    dspeedup = {str(s): round(dmedian[s] / dmedian[1], 2) for s in dsizes if s != 1}
     print(
         json.dumps(
             {
                 "llm_speedup": speedup,
-                "diffusion_speedup": {},
+                "diffusion_speedup": dspeedup,
                 "llm_tokens_per_s": {str(s): round(median[s], 1) for s in sizes},
+                "diffusion_images_per_s": {str(s): round(dmedian[s], 2) for s in dsizes},
             }
         )
     )
+
+
+def bench_diffusion(args: argparse.Namespace, sizes: list[int]) -> dict[int, float]:
+    import tempfile
+
+    from engines.diffusion import DiffusersEngine
+    from engines.models import make_tiny_diffusion
+    from pipelines.jobs import DiffusionJob
+    from pipelines.registry import ModelSpec
+
+    folder = args.diffusion_dir or make_tiny_diffusion(Path(tempfile.mkdtemp()) / "sd-tiny")
+    spec = ModelSpec(name="sd", kind="diffusion", dtype="float32")
+    engine = DiffusersEngine("sd", folder, spec)
+    engine.load("cpu")
+
+    def jobs(n: int) -> list[DiffusionJob]:
+        return [
+            DiffusionJob(
+                model="sd",
+                prompt=PROMPTS[i % len(PROMPTS)],
+                seed=i,
+                width=args.image_size,
+                height=args.image_size,
+                num_inference_steps=args.steps,
+            )
+            for i in range(n)
+        ]
+
+    engine.run(jobs(1))  # warm-up
+    rates: dict[int, list[float]] = {s: [] for s in sizes}
+    for _ in range(args.rounds):
+        for size in sizes:
+            work = jobs(max(8, 2 * size))
+            t0 = time.perf_counter()
+            for start in range(0, len(work), size):
+                engine.run(work[start : start + size])
+            rates[size].append(len(work) / (time.perf_counter() - t0))
+    return {s: statistics.median(r) for s, r in rates.items()}
 
 
 if __name__ == "__main__":

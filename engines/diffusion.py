@@ -51,7 +51,7 @@ class DiffusersEngine:
         diffusers_logging.disable_progress_bar()
         try:
             pipe = DiffusionPipeline.from_pretrained(
-                self.path, torch_dtype=DTYPES[self.spec.dtype], safety_checker=None
+                self.path, dtype=DTYPES[self.spec.dtype], safety_checker=None
             )
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(

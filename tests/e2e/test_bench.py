@@ -50,6 +50,12 @@ def test_engine_benchmark_prints_speedups_last(tiny_models: Path) -> None:
             "1",
             "--dtype",
             "float32",
+            "--diffusion-dir",
+            str(tiny_models / "sd-tiny"),
+            "--diffusion-sizes",
+            "1,2",
+            "--steps",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -58,4 +64,4 @@ def test_engine_benchmark_prints_speedups_last(tiny_models: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     figures = json.loads(res.stdout.strip().splitlines()[-1])
     assert set(figures["llm_speedup"]) == {"4"} and figures["llm_speedup"]["4"] > 0
-    assert "diffusion_speedup" in figures
+    assert set(figures["diffusion_speedup"]) == {"2"} and figures["diffusion_speedup"]["2"] > 0

@@ -142,3 +142,34 @@ def test_dead_letters_are_listed_and_replayed_after_a_fix(settings: BlazeSetting
         assert unfixable.returncode == 1 and "not JSON" in unfixable.stderr
         missing = blaze("dlq", "replay", "--job", "never-existed")
         assert missing.returncode == 2 and "never-existed" in missing.stderr
+
+
+def test_diffusion_jobs_end_as_pngs_in_the_bucket(settings: BlazeSettings) -> None:
+    from minio import Minio
+
+    from pipelines.jobs import DiffusionJob
+
+    def d(jid: str, **kw: object) -> DiffusionJob:
+        base: dict[str, object] = {"model": "sd-tiny", "prompt": "a fox", "num_inference_steps": 2}
+        return DiffusionJob.model_validate({"job_id": jid, **base, **kw})
+
+    jobs = [
+        d("img-a", width=64, height=64, seed=1, num_images=2),
+        d("img-b", width=64, height=64, seed=2),
+        d("img-c", width=96, height=64, seed=3),
+    ]
+    with running_worker(settings), running_intake(settings), Client(settings) as client:
+        client.submit_many(jobs)
+        final = client.wait([j.job_id for j in jobs], timeout=120)
+    assert {s.state for s in final.values()} == {JobState.SUCCEEDED}
+    s3 = Minio(
+        settings.s3_endpoint, access_key="blaze", secret_key="blaze-secret-key", secure=False
+    )
+    body = json.loads(s3.get_object("blaze-results", settings.result_key("img-a")).read())
+    assert body["kind"] == "diffusion" and len(body["images"]) == 2
+    png = s3.get_object("blaze-results", body["images"][1]["key"]).read()
+    assert png.startswith(b"\x89PNG") and body["images"][1]["seed"] == 2
+    wide = json.loads(s3.get_object("blaze-results", settings.result_key("img-c")).read())
+    assert wide["images"][0]["width"] == 96
+    # a and b shared a batch; c (another resolution) ran in its own
+    assert body["provenance"]["batch_size"] == 2 and wide["provenance"]["batch_size"] == 1

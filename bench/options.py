@@ -133,7 +133,8 @@ def main() -> None:
     for r in rows:
         unit = "tok/s" if r["kind"] == "llm" else "img/s"
         print(
-            f"{r['kind']:<10} {r['label']:<18} {r['rate']:>8.2f} {unit:<5} {r['peak_rss_mb']:>12.0f}"
+            f"{r['kind']:<10} {r['label']:<18} {r['rate']:>8.2f} {unit:<5} "
+            f"{r['peak_rss_mb']:>12.0f}"
         )
     print(
         json.dumps(

@@ -65,3 +65,30 @@ def test_engine_benchmark_prints_speedups_last(tiny_models: Path) -> None:
     figures = json.loads(res.stdout.strip().splitlines()[-1])
     assert set(figures["llm_speedup"]) == {"4"} and figures["llm_speedup"]["4"] > 0
     assert set(figures["diffusion_speedup"]) == {"2"} and figures["diffusion_speedup"]["2"] > 0
+
+
+def test_options_benchmark_runs_each_configuration_in_its_own_process() -> None:
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "options.py"),
+            "--only",
+            "diffusion",
+            "--images",
+            "1",
+            "--image-size",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(figures) == {
+        "diffusion/fp32",
+        "diffusion/attention slicing",
+        "diffusion/VAE slicing",
+        "diffusion/VAE tiling",
+    }
+    assert all(v["rate"] > 0 and v["peak_rss_mb"] > 0 for v in figures.values())

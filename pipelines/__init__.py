@@ -1,19 +1,47 @@
 """Blaze's base package: job and result schemas, settings, storage, status, the SDK and CLI.
 
-Importing it never pulls in torch, Kafka consumers or Airflow.
+Importing it never pulls in torch, Kafka consumers or Airflow; the names below load on first
+use, so ``import pipelines.jobs`` (as engines do) does not import the Kafka, Redis and S3
+clients either.
 """
 
-from pipelines.client import Client, JobHandle
-from pipelines.jobs import ChatMessage, LLMJob
-from pipelines.results import LLMResult
-from pipelines.settings import BlazeSettings, load_settings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.client import Client, JobHandle
+    from pipelines.jobs import ChatMessage, DiffusionJob, LLMJob
+    from pipelines.results import DiffusionResult, LLMResult
+    from pipelines.settings import BlazeSettings, load_settings
+
+_WHERE = {
+    "Client": "pipelines.client",
+    "JobHandle": "pipelines.client",
+    "ChatMessage": "pipelines.jobs",
+    "DiffusionJob": "pipelines.jobs",
+    "LLMJob": "pipelines.jobs",
+    "DiffusionResult": "pipelines.results",
+    "LLMResult": "pipelines.results",
+    "BlazeSettings": "pipelines.settings",
+    "load_settings": "pipelines.settings",
+}
 
 __all__ = [
     "BlazeSettings",
     "ChatMessage",
     "Client",
+    "DiffusionJob",
+    "DiffusionResult",
     "JobHandle",
     "LLMJob",
     "LLMResult",
     "load_settings",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'pipelines' has no attribute {name!r}")

@@ -65,3 +65,16 @@ def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyP
     for key, value in original.to_env().items():
         monkeypatch.setenv(key, value)
     assert load_settings() == original
+
+
+def test_importing_pipelines_and_engines_contracts_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pipelines, pipelines.jobs, pipelines.settings, engines.base;"
+        "print(sorted(m for m in ('torch', 'kafka', 'redis', 'minio', 'celery', 'airflow')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

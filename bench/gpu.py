@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--diffusion-dtype", default="float16")
     args = ap.parse_args()
 
-    from engines.worker import pin_device
+    from engines.devices import pin_device
 
     device = pin_device(args.device)  # before torch initialises CUDA
     import torch

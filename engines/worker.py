@@ -21,7 +21,8 @@ from celery import Celery
 from pydantic import TypeAdapter, ValidationError
 
 from engines.base import Engine, Output
-from pipelines.errors import ConfigError, ModelUnavailable, ServiceUnavailable
+from engines.devices import pin_device
+from pipelines.errors import ModelUnavailable, ServiceUnavailable
 from pipelines.jobs import AnyJob, DiffusionJob, Job
 from pipelines.registry import Registry, load_registry
 from pipelines.results import (
@@ -320,16 +321,6 @@ def free_accelerator_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def pin_device(device: str) -> str:
-    """Restrict this process to one device before torch initialises CUDA; returns torch's name."""
-    if device == "cpu":
-        return "cpu"
-    if device.startswith("cuda:") and device[5:].isdigit():
-        os.environ["CUDA_VISIBLE_DEVICES"] = device[5:]
-        return "cuda:0"
-    raise ConfigError(f"--device must be 'cpu' or 'cuda:N', got {device!r}")
 
 
 def engine_factory(

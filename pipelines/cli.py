@@ -125,9 +125,11 @@ def worker(
     if dtype is not None and dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"--dtype must be bfloat16, float16 or float32, got {dtype!r}")
     settings = _settings()
-    from engines.worker import pin_device, run_worker
+    from engines.devices import pin_device
 
-    pin_device(device)  # validates before the slow imports
+    pin_device(device)  # validates (and pins) before torch is imported
+    from engines.worker import run_worker
+
     _logging(loglevel)
     run_worker(
         settings,

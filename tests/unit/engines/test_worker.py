@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from engines.base import Engine, Output
-from engines.worker import BatchRunner, EngineCache, is_out_of_memory, pin_device, run_isolated
+from engines.devices import pin_device
+from engines.worker import BatchRunner, EngineCache, is_out_of_memory, run_isolated
 from pipelines.errors import ConfigError, ModelUnavailable
 from pipelines.jobs import DiffusionJob, LLMJob
 from pipelines.settings import BlazeSettings

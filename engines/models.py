@@ -32,6 +32,8 @@ def resolve_model(settings: BlazeSettings, spec: ModelSpec) -> Path:
     Models from a wheel are converted on first use (cheap, offline); hub models must have
     been installed with ``blaze models install`` (a worker never downloads mid-batch).
     """
+    if _in_wheel_folder(spec):
+        return install_model(settings, spec)
     folder = spec.folder(settings)
     if (folder / _marker(spec)).exists():
         return folder
@@ -47,6 +49,12 @@ def resolve_model(settings: BlazeSettings, spec: ModelSpec) -> Path:
 
 def install_model(settings: BlazeSettings, spec: ModelSpec) -> Path:
     """Make a registered model's folder: download (hub), convert (wheel GGUF), or check it."""
+    if _in_wheel_folder(spec):  # a ready from_pretrained folder inside an installed wheel
+        assert spec.source is not None
+        folder = _wheel_file(spec.source)
+        if not (folder / _marker(spec)).exists():
+            raise ModelUnavailable(f"model {spec.name!r}: no {_marker(spec)} in {folder}")
+        return folder
     target = spec.folder(settings)
     if (target / _marker(spec)).exists():
         return target
@@ -68,6 +76,10 @@ def install_model(settings: BlazeSettings, spec: ModelSpec) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _in_wheel_folder(spec: ModelSpec) -> bool:
+    return spec.source_kind == "wheel" and not (spec.source or "").endswith(".gguf")
 
 
 def _download(spec: ModelSpec, into: Path) -> None:

@@ -23,11 +23,12 @@ from pydantic import TypeAdapter, ValidationError
 from engines.base import Engine, Output
 from engines.devices import pin_device
 from pipelines.errors import ModelUnavailable, ServiceUnavailable
-from pipelines.jobs import AnyJob, DiffusionJob, Job
+from pipelines.jobs import AnyJob, DiffusionJob, EmbedJob, Job
 from pipelines.registry import Registry, load_registry
 from pipelines.results import (
     AnyResult,
     DiffusionResult,
+    EmbedResult,
     ImageRef,
     LLMResult,
     Usage,
@@ -232,6 +233,19 @@ class BatchRunner:
                 },
             }
             provenance = {**prov, "batch_size": batch_size, "seed": out.info.get("seed", job.seed)}
+            if isinstance(job, EmbedJob):
+                dim = len(out.vectors[0]) if out.vectors else 0
+                provenance["params"] = {"normalize": job.normalize, "texts": len(job.texts)}
+                docs.append(
+                    EmbedResult(
+                        **common,
+                        vectors=out.vectors,
+                        dim=dim,
+                        provenance=provenance,
+                        usage=Usage(prompt_tokens=out.prompt_tokens),
+                    )
+                )
+                continue
             if isinstance(job, DiffusionJob):
                 refs = []
                 for k, png in enumerate(out.images):
@@ -348,6 +362,10 @@ def engine_factory(
             from engines.diffusion import DiffusersEngine
 
             return DiffusersEngine(model, resolve_model(settings, spec), spec)
+        if spec.kind == "embed":
+            from engines.embed import TransformersEmbedder
+
+            return TransformersEmbedder(model, resolve_model(settings, spec), dtype=spec.dtype)
         from engines.llm import TransformersLLM
 
         folder = resolve_model(settings, spec)
@@ -384,7 +402,7 @@ def run_worker(
     preload: Sequence[str] = (),
     dtype: str | None = None,
     loglevel: str = "INFO",
-    kinds: Sequence[str] = ("llm", "diffusion"),
+    kinds: Sequence[str] = ("llm", "diffusion", "embed"),
 ) -> None:
     """Serve ``{namespace}.{kind}.{device}`` for each kind until SIGTERM.
 

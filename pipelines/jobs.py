@@ -33,6 +33,7 @@ ModelName = Annotated[
 ]
 MAX_PROMPT_CHARS = 32_000
 MAX_IMAGE_PROMPT_CHARS = 2_000
+MAX_EMBED_CHARS = 8_000
 MAX_PIXELS_PER_JOB = 8 * 1024 * 1024
 PAYLOAD_KEEP_BYTES = 4096
 
@@ -123,11 +124,23 @@ class DiffusionJob(_JobBase):
         return self
 
 
-Job = Annotated[LLMJob | DiffusionJob, Field(discriminator="kind")]
-AnyJob = LLMJob | DiffusionJob
-JOB_MODELS: dict[str, type[LLMJob] | type[DiffusionJob]] = {
+class EmbedJob(_JobBase):
+    """Sentence embeddings for up to 256 texts; one vector per text, in order."""
+
+    kind: Literal["embed"] = "embed"
+    texts: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_EMBED_CHARS)]],
+        Field(min_length=1, max_length=256),
+    ]
+    normalize: bool = True
+
+
+Job = Annotated[LLMJob | DiffusionJob | EmbedJob, Field(discriminator="kind")]
+AnyJob = LLMJob | DiffusionJob | EmbedJob
+JOB_MODELS: dict[str, type[LLMJob] | type[DiffusionJob] | type[EmbedJob]] = {
     "llm": LLMJob,
     "diffusion": DiffusionJob,
+    "embed": EmbedJob,
 }
 JOB_KINDS = tuple(JOB_MODELS)
 
@@ -136,7 +149,8 @@ def batch_key(job: AnyJob) -> tuple[object, ...]:
     """Jobs with equal keys can share one engine call.
 
     LLM rows may differ in every generation parameter (the engine handles them per row);
-    diffusion rows must share resolution, step count and guidance scale.
+    diffusion rows must share resolution, step count and guidance scale; embedding jobs of one
+    model always mix.
     """
     if isinstance(job, DiffusionJob):
         return (

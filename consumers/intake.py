@@ -35,6 +35,7 @@ from pipelines.jobs import (
     DeadLetter,
     Source,
     batch_key,
+    is_job_id,
     parse_job,
 )
 from pipelines.kafka import ensure_topics, make_producer, unavailable
@@ -234,7 +235,7 @@ class Intake:
         known = [
             StatusUpdate(d.job_id, JobState.DEAD, d.reason, now)
             for d, _, _ in letters
-            if d.job_id and _safe_id(d.job_id)
+            if is_job_id(d.job_id)
         ]
         self.status.update(known)
         for d, tp, off in letters:
@@ -317,10 +318,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
-
-
-def _safe_id(job_id: str) -> bool:
-    return len(job_id) <= 128 and all(c.isalnum() or c in "._-" for c in job_id)
 
 
 def make_consumer(settings: BlazeSettings, listener: ConsumerRebalanceListener) -> KafkaConsumer:

@@ -25,6 +25,11 @@ class Output:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def parameter_bytes(*modules: Any) -> int:
+    """Bytes held by the parameters of torch modules (for memory budgets)."""
+    return int(sum(p.numel() * p.element_size() for m in modules for p in m.parameters()))
+
+
 class Engine(Protocol[J_contra]):
     """Runs batches of jobs of one model on one device."""
 

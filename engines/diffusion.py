@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from engines.base import Output
+from engines.base import Output, parameter_bytes
 from engines.llm import DTYPES, weights_digest
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import DiffusionJob
@@ -97,11 +97,7 @@ class DiffusersEngine:
     def memory_bytes(self) -> int:
         if self.pipe is None:
             return 0
-        return sum(
-            p.numel() * p.element_size()
-            for part in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder)
-            for p in part.parameters()
-        )
+        return parameter_bytes(self.pipe.unet, self.pipe.vae, self.pipe.text_encoder)
 
     def run(self, batch: Sequence[DiffusionJob]) -> list[Output]:
         """Render every image of every job in one pipeline call; PNG bytes per job."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from engines.base import Output
+from engines.base import Output, parameter_bytes
 from engines.llm import DTYPES, weights_digest
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import EmbedJob
@@ -69,7 +69,7 @@ class TransformersEmbedder:
     def memory_bytes(self) -> int:
         if self.model is None:
             return 0
-        return int(sum(p.numel() * p.element_size() for p in self.model.parameters()))
+        return parameter_bytes(self.model)
 
     def run(self, batch: Sequence[EmbedJob]) -> list[Output]:
         if self.model is None:

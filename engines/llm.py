@@ -25,7 +25,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from engines.base import Output
+from engines.base import Output, parameter_bytes
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import LLMJob
 
@@ -165,14 +165,14 @@ class TransformersLLM:
     def memory_bytes(self) -> int:
         if self.model is None:
             return 0
-        size = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        size = parameter_bytes(self.model)
         # dynamic int8 layers keep packed weights outside .parameters()
         packed = sum(
             m.weight().numel()  # int8: one byte per weight
             for m in self.model.modules()
             if callable(getattr(m, "weight", None))
         )
-        return int(size + packed)
+        return size + int(packed)
 
     def _render(self, job: LLMJob) -> str:
         if job.messages is not None:
@@ -198,29 +198,27 @@ class TransformersLLM:
         tok = self.tokenizer
         limit = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
         texts: list[str] = []
-        prompt_lens: list[int] = []
         errors: dict[int, str] = {}
         for i, job in enumerate(jobs):
             try:
-                text = self._render(job)
+                texts.append(self._render(job))
             except Exception as exc:
                 errors[i] = f"cannot render prompt: {exc}"
-                text = ""
-            n = len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
+                texts.append("")
+        # one batched tokenisation: lengths for the context check, then padding of the same ids
+        ids: list[list[int]] = tok(texts, add_special_tokens=False)["input_ids"]
+        prompt_lens = [len(x) for x in ids]
+        for i, (job, n) in enumerate(zip(jobs, prompt_lens, strict=True)):
             if n + job.max_new_tokens > limit:
                 errors[i] = (
                     f"prompt ({n} tokens) + max_new_tokens ({job.max_new_tokens}) "
                     f"exceeds the model's {limit}-token context"
                 )
-            texts.append(text)
-            prompt_lens.append(n)
         live = [i for i in range(len(jobs)) if i not in errors]
         out: list[Output] = [Output(error=errors.get(i)) for i in range(len(jobs))]
         if not live:
             return out
-        enc = tok(
-            [texts[i] for i in live], return_tensors="pt", padding=True, add_special_tokens=False
-        )
+        enc = tok.pad({"input_ids": [ids[i] for i in live]}, return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         width = enc["input_ids"].shape[1]
         limits = [jobs[i].max_new_tokens for i in live]

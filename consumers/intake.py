@@ -41,7 +41,7 @@ from pipelines.jobs import (
 from pipelines.kafka import ensure_topics, make_producer, unavailable
 from pipelines.registry import Registry, load_registry
 from pipelines.settings import BlazeSettings
-from pipelines.status import JobState, RedisStatusStore, StatusStore, StatusUpdate
+from pipelines.status import JobState, StatusStore, StatusUpdate, status_store
 from pipelines.tasks import batch_payload
 
 log = logging.getLogger(__name__)
@@ -373,12 +373,13 @@ def run_intake(
     listener = _Listener()
     consumer = make_consumer(settings, listener)
     dead = KafkaDeadLetters(settings)
+    status = status_store(settings)
     intake = Intake(
         settings,
         consumer,
         dispatcher or CeleryDispatcher(settings),
         dead,
-        RedisStatusStore(settings),
+        status,
         router,
         registry,
     )
@@ -401,6 +402,7 @@ def run_intake(
             # LeaveGroup lets the session timeout clean it up instead.
             log.info("intake stopped before joining; leaving without closing the consumer")
         dead.close()
+        status.close()
     summary = {**asdict(intake.stats), "mean_batch_size": round(intake.stats.mean_batch_size, 2)}
     log.info("intake stopped: %s", json.dumps(summary))
     return intake.stats

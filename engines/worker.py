@@ -8,8 +8,10 @@ one pipelined call. Infrastructure errors retry the task; job errors fail only t
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections import OrderedDict
@@ -23,9 +25,10 @@ from pydantic import TypeAdapter, ValidationError
 from engines.base import Engine, Output
 from engines.devices import pin_device
 from pipelines.errors import ModelUnavailable, ServiceUnavailable
-from pipelines.jobs import AnyJob, DiffusionJob, EmbedJob, Job, is_job_id
+from pipelines.jobs import AnyJob, DiffusionJob, EmbedJob, Job, is_job_id, job_seed
 from pipelines.registry import Registry, load_registry
 from pipelines.results import (
+    RESULT_TYPES,
     AnyResult,
     DiffusionResult,
     EmbedResult,
@@ -109,8 +112,18 @@ def _memory_bytes(engine: Engine[Any]) -> int:
     return int(size()) if callable(size) else 0
 
 
+GroupsDone = Callable[[set[str]], None]
+
+
 class BatchRunner:
-    """Runs one dispatched batch end to end; safe to call again with the same batch."""
+    """Runs one dispatched batch end to end; safe to call again with the same batch.
+
+    Per batch: claim the jobs (a cancelled job is refused and never runs), skip jobs whose
+    earlier attempt already left a result, run the engine once per model, write images and
+    then result documents with first-writer-wins puts, record terminal states in one call,
+    and write the batch manifest. ``on_groups_done`` hears of groups (OpenAI-style batches)
+    whose last job this batch settled.
+    """
 
     def __init__(
         self,
@@ -118,28 +131,34 @@ class BatchRunner:
         results: ResultStore,
         status: StatusStore,
         engines: EngineCache,
+        on_groups_done: GroupsDone | None = None,
+        worker_name: str = "",
     ) -> None:
         self.settings = settings
         self.results = results
         self.status = status
         self.engines = engines
+        self.on_groups_done = on_groups_done
+        self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
 
     def run(self, payload: dict[str, Any]) -> dict[str, int]:
         started = time.time()
         queued_at = float(payload.get("queued_at", started))
         jobs, broken = self._parse(payload.get("jobs", []))
+        # Unseeded jobs get a seed from their id: a rerun reproduces the same output.
+        jobs = [
+            j if j.seed is not None else j.model_copy(update={"seed": job_seed(j.job_id)})
+            for j in jobs
+        ]
         keys = {j.job_id: self.settings.result_key(j.job_id) for j in jobs}
-        # Only a job that was marked running before can have a result (running is recorded
-        # before the engine runs, the result before the terminal state), so the bucket is
-        # asked about those alone: one status round trip instead of a HEAD per job.
-        seen = self.status.get(keys)
-        maybe_done = [keys[j] for j, st in seen.items() if st is None or st.attempts > 0]
-        done = self.results.existing(maybe_done) if maybe_done else set()
-        redelivered = [j for j in jobs if keys[j.job_id] in done]
-        todo = [j for j in jobs if keys[j.job_id] not in done]
-        if redelivered:
-            self._settle_existing(redelivered, keys)
-        self.status.update([StatusUpdate(j.job_id, JobState.RUNNING, at=started) for j in todo])
+        claims = self.status.claim(list(keys), started)
+        claimed = [j for j in jobs if claims[j.job_id].claimed]
+        cancelled = [j for j in jobs if claims[j.job_id].state is JobState.CANCELLED]
+        # Only a job claimed before can have a result (claims precede results), so the
+        # bucket is asked about those alone instead of a HEAD per job.
+        rerun = [keys[j.job_id] for j in claimed if claims[j.job_id].attempts > 1]
+        done = self.results.existing(rerun) if rerun else set()
+        todo = [j for j in claimed if keys[j.job_id] not in done]
         docs: list[AnyResult] = list(broken)
         blobs: list[tuple[str, bytes, str]] = []
         by_model: dict[str, list[AnyJob]] = {}
@@ -149,30 +168,88 @@ class BatchRunner:
             got_docs, got_blobs = self._run_model(model, group, queued_at, len(jobs))
             docs.extend(got_docs)
             blobs.extend(got_blobs)
-        # images first: whoever sees result.json finds every image it names
-        self.results.put_many(blobs)
-        self.results.put_many(
-            [(self.settings.result_key(d.job_id), d.to_json(), "application/json") for d in docs]
-        )
+        # Images first: whoever sees result.json finds every image it names. Both are
+        # first-writer-wins, so a concurrent rerun of a job can never replace its result.
+        self.results.put_many(blobs, if_absent=True)
+        docs.extend(cancelled_result(j, claims[j.job_id].attempts) for j in cancelled)
+        items = [
+            (
+                keys.get(d.job_id) or self.settings.result_key(d.job_id),
+                d.to_json(),
+                "application/json",
+            )
+            for d in docs
+        ]
+        taken = self.results.put_many(items, if_absent=True)
+        taken |= done
+        final = {d.job_id: d for d in docs if keys.get(d.job_id) not in taken}
+        final.update(self._read_existing(taken))
         now = time.time()
-        self.status.update(
+        applied = self.status.update(
             [
-                StatusUpdate(
-                    d.job_id,
-                    JobState.SUCCEEDED if d.status == "succeeded" else JobState.FAILED,
-                    d.error or "",
-                    now,
-                )
-                for d in docs
+                StatusUpdate(d.job_id, _STATE[d.status], d.error or "", now)
+                for d in final.values()
+                if d.status != "cancelled"
             ]
         )
-        ok = sum(d.status == "succeeded" for d in docs)
+        self._write_manifest(payload, jobs, final, started, now)
+        if applied.groups_done and self.on_groups_done is not None:
+            self.on_groups_done(applied.groups_done)
+        ok = sum(d.status == "succeeded" for d in final.values())
         return {
             "jobs": len(jobs),
             "succeeded": ok,
-            "failed": len(docs) - ok,
-            "skipped": len(redelivered),
+            "failed": sum(d.status == "failed" for d in final.values()),
+            "cancelled": len(cancelled),
+            "skipped": len(jobs) - len(claimed) - len(cancelled) + len(taken),
         }
+
+    def _read_existing(self, keys: set[str]) -> dict[str, AnyResult]:
+        """Result documents another attempt wrote first: they are the job's outcome."""
+        out: dict[str, AnyResult] = {}
+        for key in keys:
+            raw = self.results.get(key)
+            if raw is not None:
+                doc = parse_result(raw)
+                out[doc.job_id] = doc
+        if keys:
+            log.info("kept %d results an earlier attempt had written", len(keys))
+        return out
+
+    def _write_manifest(
+        self,
+        payload: dict[str, Any],
+        jobs: list[AnyJob],
+        final: dict[str, AnyResult],
+        started: float,
+        finished: float,
+    ) -> None:
+        batch_id = str(payload.get("batch_id") or "")
+        if not batch_id or not is_job_id(batch_id):
+            return
+        rows = []
+        for j in jobs:
+            doc = final.get(j.job_id)
+            rows.append(
+                {
+                    "job_id": j.job_id,
+                    "model": j.model,
+                    "status": doc.status if doc else "skipped",
+                    "key": self.settings.result_key(j.job_id),
+                }
+            )
+        manifest = {
+            "batch_id": batch_id,
+            "worker": self.worker_name,
+            "device": self.engines.device,
+            "queued_at": payload.get("queued_at"),
+            "started_at": started,
+            "finished_at": finished,
+            "counts": {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}},
+            "jobs": rows,
+        }
+        body = json.dumps(manifest, indent=1).encode()
+        self.results.put_many([(self.settings.manifest_key(batch_id), body, "application/json")])
 
     def _parse(self, raw_jobs: Sequence[Any]) -> tuple[list[AnyJob], list[AnyResult]]:
         jobs: list[AnyJob] = []
@@ -190,17 +267,6 @@ class BatchRunner:
                 else:
                     log.error("dropping unidentifiable job in batch: %s", exc)
         return jobs, broken
-
-    def _settle_existing(self, jobs: list[AnyJob], keys: dict[str, str]) -> None:
-        updates = []
-        for j in jobs:
-            raw = self.results.get(keys[j.job_id])
-            state = JobState.SUCCEEDED
-            if raw is not None and parse_result(raw).status == "failed":
-                state = JobState.FAILED
-            updates.append(StatusUpdate(j.job_id, state, "result already written"))
-        self.status.update(updates)
-        log.info("skipped %d redelivered jobs that already have results", len(jobs))
 
     def _run_model(
         self, model: str, jobs: list[AnyJob], queued_at: float, batch_size: int
@@ -232,7 +298,12 @@ class BatchRunner:
                     "compute_s": round(compute, 4),
                 },
             }
-            provenance = {**prov, "batch_size": batch_size, "seed": out.info.get("seed", job.seed)}
+            seed = out.info.get("seed")
+            provenance = {
+                **prov,
+                "batch_size": batch_size,
+                "seed": job.seed if seed is None else seed,
+            }
             if isinstance(job, EmbedJob):
                 dim = len(out.vectors[0]) if out.vectors else 0
                 provenance["params"] = {"normalize": job.normalize, "texts": len(job.texts)}
@@ -287,6 +358,25 @@ class BatchRunner:
                 )
             )
         return docs, blobs
+
+
+_STATE = {
+    "succeeded": JobState.SUCCEEDED,
+    "failed": JobState.FAILED,
+    "cancelled": JobState.CANCELLED,
+}
+
+
+def cancelled_result(job: AnyJob, attempts: int) -> AnyResult:
+    """The result document of a job cancelled before it ran."""
+    return RESULT_TYPES[job.kind](
+        job_id=job.job_id,
+        status="cancelled",
+        model=job.model,
+        error="cancelled before it ran",
+        tags=dict(job.tags),
+        provenance={"attempts": attempts},
+    )
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -415,7 +505,9 @@ def run_worker(
     import torch
     from transformers.utils import logging as hf_logging
 
-    from pipelines.status import RedisStatusStore
+    from pipelines.client import Client
+    from pipelines.openai_batch import finalize_groups
+    from pipelines.status import status_store
     from pipelines.storage import S3ResultStore
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -423,7 +515,7 @@ def run_worker(
         torch.set_num_threads(settings.worker.torch_threads)
     store = S3ResultStore(settings)
     store.ensure_bucket()
-    status = RedisStatusStore(settings)
+    status = status_store(settings)
     budget = settings.worker.memory_budget_mb
     cache = EngineCache(
         engine_factory(settings, dtype), torch_device, None if budget is None else budget << 20
@@ -433,9 +525,13 @@ def run_worker(
             cache.get(model)
         except ModelUnavailable as exc:
             log.error("preload: %s", exc)
-    app = worker_app(settings, BatchRunner(settings, store, status, cache))
     queues = ",".join(settings.queue(kind, device) for kind in kinds)
     name = f"{settings.namespace}-{device.replace(':', '')}@%h"
+    batches = finalize_groups(Client(settings, status_store=status, result_store=store))
+    runner = BatchRunner(
+        settings, store, status, cache, batches, f"{name.replace('%h', socket.gethostname())}"
+    )
+    app = worker_app(settings, runner)
     app.worker_main(
         [
             "worker",

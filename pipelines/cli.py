@@ -41,6 +41,10 @@ app.add_typer(models_app, name="models")
 app.add_typer(submit_app, name="submit")
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
 app.add_typer(dlq_app, name="dlq")
+results_app = typer.Typer(no_args_is_help=True, help="Results in the bucket.")
+app.add_typer(results_app, name="results")
+batch_app = typer.Typer(no_args_is_help=True, help="OpenAI Batch API compatible batches.")
+app.add_typer(batch_app, name="batch")
 
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
@@ -316,63 +320,120 @@ def schema(
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
+def _job_ids(job_ids: list[str]) -> list[str]:
+    """Job ids from arguments; ``-`` reads more from standard input (one per line)."""
+    from pipelines.jobs import is_job_id
+
+    ids: list[str] = []
+    for arg in job_ids:
+        if arg == "-":
+            ids.extend(line.strip() for line in sys.stdin if line.strip())
+        else:
+            ids.append(arg)
+    bad = [j for j in ids if not is_job_id(j)]
+    if bad:
+        raise ConfigError(f"not a job id: {bad[0]!r}")
+    if not ids:
+        raise ConfigError("no job ids given")
+    return list(dict.fromkeys(ids))
+
+
+def _when(ts: float | None) -> str:
+    from datetime import datetime
+
+    return "" if ts is None else datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
+
+
 @app.command()
 def status(
-    job_ids: Annotated[list[str], typer.Argument(help="job ids")],
+    job_ids: Annotated[list[str], typer.Argument(help="job ids, or - to read them from stdin")],
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Show the state of jobs."""
+    """Show the state of jobs, when each state was reached, attempts and failure reasons."""
     from pipelines.client import Client
 
+    ids = _job_ids(job_ids)
     with Client(_settings()) as client:
-        rows = client.status(job_ids)
+        rows = client.status(ids)
     if as_json:
-        out.print_json(
-            json.dumps(
-                {
-                    j: (
-                        None
-                        if s is None
-                        else {
-                            "state": s.state.value,
-                            "reason": s.reason,
-                            "attempts": s.attempts,
-                            "times": s.times,
-                        }
-                    )
-                    for j, s in rows.items()
-                }
-            )
-        )
+        doc = {
+            j: None
+            if s is None
+            else {
+                "state": s.state.value,
+                "reason": s.reason,
+                "attempts": s.attempts,
+                "updated_at": s.updated_at,
+                "times": s.times,
+                "group": s.group or None,
+            }
+            for j, s in rows.items()
+        }
+        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
         return
-    table = Table("job id", "state", "attempts", "reason")
+    table = Table("job id", "state", "queued", "running", "ended", "attempts", "reason")
     for jid, st in rows.items():
+        if st is None:
+            table.add_row(jid, "unknown", "", "", "", "0", "no status (never submitted?)")
+            continue
+        ended = st.updated_at if st.state.terminal else None
         table.add_row(
             jid,
-            st.state.value if st else "unknown",
-            str(st.attempts if st else 0),
-            st.reason if st else "",
+            st.state.value,
+            _when(st.times.get("queued")),
+            _when(st.times.get("running")),
+            _when(ended),
+            str(st.attempts),
+            st.reason,
         )
     out.print(table)
 
 
 @app.command()
 def wait(
-    job_ids: Annotated[list[str], typer.Argument(help="job ids")],
+    job_ids: Annotated[list[str], typer.Argument(help="job ids, or - to read them from stdin")],
     timeout: Annotated[float | None, typer.Option(help="give up after this many seconds")] = None,
 ) -> None:
-    """Wait for jobs to finish; exit 0 if all succeeded, 1 if any failed, 3 on timeout."""
+    """Wait for jobs to finish; exit 0 if all succeeded, 1 if any did not, 3 on timeout."""
     from pipelines.client import Client
 
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"--timeout must be > 0, got {timeout}")
+    ids = _job_ids(job_ids)
     with Client(_settings()) as client:
-        final = _wait_with_bar(client, job_ids, timeout)
+        final = _wait_with_bar(client, ids, timeout)
     bad = {j: s for j, s in final.items() if s.state.value != "succeeded"}
     for jid, st in bad.items():
         err.print(f"{jid}: {st.state.value}: {st.reason}", highlight=False)
     out.print(f"{len(final) - len(bad)} succeeded, {len(bad)} not", highlight=False)
     if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(
+    job_ids: Annotated[list[str], typer.Argument(help="job ids, or - to read them from stdin")],
+) -> None:
+    """Cancel jobs that have not started: they never run. Running jobs finish.
+
+    Exit 0 if every job is cancelled, 1 if some could not be (running, ended or unknown).
+    """
+    from pipelines.client import Client
+
+    ids = _job_ids(job_ids)
+    with Client(_settings()) as client:
+        states = client.cancel(ids)
+    missed = 0
+    for jid, state in states.items():
+        if state is not None and state.value == "cancelled":
+            out.print(f"{jid}: cancelled", highlight=False)
+            continue
+        missed += 1
+        why = "unknown job" if state is None else f"not cancelled: already {state.value}"
+        if state is not None and state.value == "running":
+            why = "not cancelled: running (it will finish)"
+        err.print(f"{jid}: {why}", highlight=False)
+    if missed:
         raise typer.Exit(1)
 
 
@@ -481,6 +542,267 @@ def dlq_replay(
     err.print(f"replayed {len(handles)}, skipped {len(skipped)}", highlight=False)
     if skipped:
         raise typer.Exit(1)
+
+
+# -- results -------------------------------------------------------------------------------
+@results_app.command("get")
+def results_get(
+    job_ids: Annotated[list[str], typer.Argument(help="job ids, or - to read them from stdin")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="folder to write into")] = Path(
+        "."
+    ),
+) -> None:
+    """Download each job's result.json and images into OUTPUT/JOB_ID/ (exit 1 if any lacks one)."""
+    from pipelines.client import Client
+
+    ids = _job_ids(job_ids)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} exists and is not a folder")
+    missing = 0
+    with Client(_settings()) as client:
+        for jid in ids:
+            files = client.result_files(jid)
+            if not files:
+                st = client.status([jid])[jid]
+                state = st.state.value if st else "unknown"
+                err.print(f"{jid}: no result yet (state: {state})", highlight=False)
+                missing += 1
+                continue
+            folder = output / jid
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+            out.print(f"{jid}: {len(files)} files in {folder}", highlight=False)
+    if missing:
+        raise typer.Exit(1)
+
+
+@results_app.command("url")
+def results_url(
+    job_ids: Annotated[list[str], typer.Argument(help="job ids")],
+    expires: Annotated[str, typer.Option(help="how long the links work, e.g. 15m, 1h, 7d")] = "1h",
+) -> None:
+    """Print presigned URLs of each job's images (or its result.json), one per line."""
+    from pipelines.client import Client
+    from pipelines.settings import parse_duration
+
+    seconds = int(parse_duration(expires, "--expires"))
+    if seconds > 7 * 86400:
+        raise ConfigError(f"--expires can be at most 7d (S3's limit), got {expires!r}")
+    ids = _job_ids(job_ids)
+    missing = 0
+    with Client(_settings()) as client:
+        for jid in ids:
+            urls = client.urls(jid, seconds)
+            if not urls:
+                err.print(f"{jid}: no result yet", highlight=False)
+                missing += 1
+            for url in urls:
+                sys.stdout.write(url + "\n")
+    if missing:
+        raise typer.Exit(1)
+
+
+@results_app.command("sweep")
+def results_sweep(
+    older_than: Annotated[
+        str | None,
+        typer.Option(help="delete results older than this (default: BLAZE_S3__RETENTION_DAYS)"),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only report")] = False,
+) -> None:
+    """Delete results, manifests and ended batches older than the retention age."""
+    from pipelines.retention import sweep
+    from pipelines.settings import parse_duration
+    from pipelines.storage import S3ResultStore
+
+    settings = _settings()
+    if older_than is not None:
+        age = parse_duration(older_than, "--older-than")
+    elif settings.s3.retention_days is not None:
+        age = settings.s3.retention_days * 86400
+    else:
+        raise ConfigError("give --older-than (e.g. 30d) or set BLAZE_S3__RETENTION_DAYS")
+    store = S3ResultStore(settings)
+    try:
+        report = sweep(settings, store, age, dry_run=dry_run)
+    finally:
+        store.close()
+    verb = "would delete" if dry_run else "deleted"
+    parts = ", ".join(f"{n} {area}" for area, n in report.prefixes.items()) or "nothing"
+    out.print(
+        f"{verb} {parts} ({report.objects} objects, {report.bytes} bytes) "
+        f"older than {_when_day(report.cutoff)}",
+        highlight=False,
+    )
+    if report.kept_open_batches:
+        out.print(f"kept {report.kept_open_batches} batches that have not ended", highlight=False)
+
+
+def _when_day(ts: float) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(ts).isoformat(timespec="seconds")
+
+
+@app.command()
+def events(
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep waiting for new ones")
+    ] = False,
+) -> None:
+    """Print the status event topic (one JSON object per job state change)."""
+    from pipelines.events import read_status_events
+
+    for ev in read_status_events(_settings(), follow=follow):
+        doc = {"job_id": ev.job_id, "state": ev.state.value, "at": ev.at, "reason": ev.reason}
+        if ev.group:
+            doc["group"] = ev.group
+        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.flush()
+
+
+# -- OpenAI-style batches ------------------------------------------------------------------
+def _batch_service(client: Any) -> Any:
+    from pipelines.openai_batch import BatchService
+
+    return BatchService(client)
+
+
+def _print_batch(info: Any, as_json: bool = False) -> None:
+    if as_json:
+        sys.stdout.write(info.model_dump_json(indent=1) + "\n")
+        return
+    c = info.request_counts
+    out.print(
+        f"{info.id}  {info.status}  total {c.total}  completed {c.completed}  failed {c.failed}",
+        highlight=False,
+    )
+    counts = info.blaze.get("counts")
+    if counts:
+        out.print("  jobs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if info.output_file_id and info.final:
+        out.print(f"  output: {info.output_file_id}\n  errors: {info.error_file_id}")
+    for e in (info.errors or {}).get("data", [])[:10]:
+        err.print(f"  line {e.get('line')}: {e.get('code')}: {e.get('message')}", highlight=False)
+
+
+@batch_app.command("submit")
+def batch_submit(
+    file: Annotated[Path, typer.Argument(help="OpenAI Batch input file (JSONL)")],
+    completion_window: Annotated[str, typer.Option(help="e.g. 24h")] = "24h",
+    model: Annotated[
+        str | None, typer.Option(help="run every request on this Blaze model instead")
+    ] = None,
+    metadata: Annotated[
+        list[str] | None, typer.Option("--metadata", help="key=value (repeatable)")
+    ] = None,
+) -> None:
+    """Validate a batch file and publish its requests; prints the batch id.
+
+    Invalid lines do not stop the batch: each becomes a line of errors.jsonl naming the problem.
+    """
+    from pipelines.client import Client
+
+    meta: dict[str, str] = {}
+    for item in metadata or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--metadata wants key=value, got {item!r}")
+        meta[key] = value
+    with Client(_settings()) as client, _bar("publishing", 1, transient=True) as bar:
+        task = bar.add_task("publishing", total=None)
+        info = _batch_service(client).submit(
+            file,
+            completion_window=completion_window,
+            metadata=meta or None,
+            model=model,
+            progress=lambda d, t: bar.update(task, completed=d, total=t),
+        )
+    sys.stdout.write(info.id + "\n")
+    invalid = info.blaze.get("invalid", 0)
+    err.print(
+        f"{info.status}: {info.blaze.get('jobs', 0)} requests published, {invalid} invalid",
+        highlight=False,
+    )
+    if info.status == "failed":
+        _print_batch(info)
+        raise typer.Exit(1)
+
+
+@batch_app.command("status")
+def batch_status(batch_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show a batch's status and request counts (ends it if every request has settled)."""
+    from pipelines.client import Client
+
+    with Client(_settings()) as client:
+        _print_batch(_batch_service(client).refresh(batch_id), as_json)
+
+
+@batch_app.command("wait")
+def batch_wait(
+    batch_id: str,
+    timeout: Annotated[float | None, typer.Option(help="give up after this many seconds")] = None,
+) -> None:
+    """Wait for a batch to end; exit 0 if completed, 1 if failed/expired/cancelled, 3 on timeout."""
+    from pipelines.client import Client
+
+    with Client(_settings()) as client, _bar("requests done", 1) as bar:
+        task = bar.add_task("wait", total=None)
+
+        def show(info: Any) -> None:
+            c = info.request_counts
+            bar.update(task, completed=c.completed + c.failed, total=c.total)
+
+        try:
+            info = _batch_service(client).wait(batch_id, timeout, progress=show)
+        except JobTimeout as exc:
+            raise _Exit(3, str(exc)) from None
+    _print_batch(info)
+    if info.status != "completed":
+        raise typer.Exit(1)
+
+
+@batch_app.command("download")
+def batch_download(
+    batch_id: str,
+    output: Annotated[Path, typer.Option("-o", "--output", help="folder to write into")] = Path(
+        "."
+    ),
+) -> None:
+    """Fetch batch.json, output.jsonl and errors.jsonl of an ended batch."""
+    from pipelines.client import Client
+
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} exists and is not a folder")
+    with Client(_settings()) as client:
+        for path in _batch_service(client).download(batch_id, output):
+            out.print(str(path), highlight=False)
+
+
+@batch_app.command("cancel")
+def batch_cancel(batch_id: str) -> None:
+    """Cancel a batch: requests not yet running never run; running ones finish."""
+    from pipelines.client import Client
+
+    with Client(_settings()) as client:
+        _print_batch(_batch_service(client).cancel(batch_id))
+
+
+@batch_app.command("list")
+def batch_list() -> None:
+    """Every batch of this namespace, newest first."""
+    from pipelines.client import Client
+
+    with Client(_settings()) as client:
+        infos = _batch_service(client).list_batches()
+    table = Table("batch id", "status", "created", "total", "completed", "failed")
+    for b in infos:
+        c = b.request_counts
+        table.add_row(
+            b.id, b.status, _when_day(b.created_at), str(c.total), str(c.completed), str(c.failed)
+        )
+    out.print(table)
 
 
 # -- models ------------------------------------------------------------------------------
@@ -598,8 +920,9 @@ def demo(
             out.print(f"\n{ok}/{jobs} jobs succeeded in {took:.1f}s\n")
             for h, q in list(zip(handles, questions, strict=True))[:4]:
                 res = client.result(h.job_id)
+                text = getattr(res, "text", None) if res else None
                 answer = (
-                    (res.text or res.error or "").strip().replace("\n", " ") if res else "(missing)"
+                    (text or res.error or "").strip().replace("\n", " ") if res else "(missing)"
                 )
                 out.print(f"[bold]{h.job_id}[/]\n  Q: {q}\n  A: {answer[:200]}", highlight=False)
         out.print(

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from pipelines.errors import JobTimeout
-from pipelines.jobs import AnyJob
+from pipelines.jobs import AnyJob, job_group
 from pipelines.kafka import ensure_topics, make_producer, unavailable
-from pipelines.results import LLMResult
+from pipelines.results import RESULT_TYPES, AnyResult, DiffusionResult, parse_result
 from pipelines.settings import BlazeSettings
-from pipelines.status import JobState, JobStatus, RedisStatusStore, StatusStore, StatusUpdate
+from pipelines.status import JobState, JobStatus, StatusStore, StatusUpdate, status_store
 from pipelines.storage import ResultStore, S3ResultStore
 
 Progress = Callable[[int, int], None]
@@ -36,7 +37,7 @@ class JobHandle:
     def wait(self, timeout: float | None = None) -> JobStatus:
         return self.client.wait([self.job_id], timeout=timeout)[self.job_id]
 
-    def result(self) -> LLMResult | None:
+    def result(self) -> AnyResult | None:
         return self.client.result(self.job_id)
 
 
@@ -60,7 +61,7 @@ class Client:
     @property
     def status_store(self) -> StatusStore:
         if self._status is None:
-            self._status = RedisStatusStore(self.settings)
+            self._status = status_store(self.settings)
         return self._status
 
     @property
@@ -96,14 +97,18 @@ class Client:
         """Publish jobs in batched sends (acks=all, key = job id) and mark them queued.
 
         Returns after every job is acknowledged by the broker; raises ``ServiceUnavailable``
-        if any is not, naming the broker.
+        if any is not, naming the broker. Jobs of a group (an OpenAI-style batch) are marked
+        queued *before* they are sent, so their group is known whatever stage settles them.
         """
         producer = self._get_producer()
         if restart:  # replayed jobs start a fresh life: their old terminal state must go
             self.status_store.reset([j.job_id for j in jobs])
+            self.result_store.delete_many([self.settings.result_key(j.job_id) for j in jobs])
         handles: list[JobHandle] = []
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
+            grouped = [j for j in part if job_group(j)]
+            self.status_store.update([_queued(j, time.time()) for j in grouped])
             try:
                 futures = [
                     producer.send(
@@ -119,9 +124,7 @@ class Client:
             except KafkaError as exc:
                 raise unavailable(self.settings, exc) from None
             now = time.time()
-            self.status_store.update(
-                [StatusUpdate(j.job_id, JobState.QUEUED, at=now) for j in part]
-            )
+            self.status_store.update([_queued(j, now) for j in part if not job_group(j)])
             handles.extend(
                 JobHandle(j.job_id, self.settings.result_key(j.job_id), self) for j in part
             )
@@ -160,24 +163,117 @@ class Client:
                 )
             time.sleep(poll_s)
 
-    def result(self, job_id: str) -> LLMResult | None:
+    def result(self, job_id: str) -> AnyResult | None:
         """The job's result document from the bucket, or None while it has none."""
         raw = self.result_store.get(self.settings.result_key(job_id))
-        return None if raw is None else LLMResult.model_validate_json(raw)
+        return None if raw is None else parse_result(raw)
+
+    def iter_results(
+        self, job_ids: Sequence[str], timeout: float | None = None, poll_s: float = 0.25
+    ) -> Iterator[AnyResult]:
+        """Yield each job's result as soon as the job ends, in the order they end.
+
+        A job that ended without a result document (dead-lettered before a worker saw it,
+        or cancelled and not yet reached) yields a stand-in of its kind with status
+        ``failed`` or ``cancelled`` and the reason as ``error``. Raises ``JobTimeout`` naming
+        the jobs still pending after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = list(dict.fromkeys(job_ids))
+        while pending:
+            ended = {
+                j: st
+                for j, st in self.status(pending).items()
+                if st is not None and st.state.terminal
+            }
+            keys = [self.settings.result_key(j) for j in ended]
+            docs = self.result_store.get_many(keys) if keys else {}
+            for (jid, st), key in zip(ended.items(), keys, strict=True):
+                raw = docs.get(key)
+                if raw is not None:
+                    yield parse_result(raw)
+                elif st.state in (JobState.DEAD, JobState.CANCELLED):
+                    yield _stand_in(st)
+                else:  # the status is written after the result: look again next round
+                    continue
+                pending.remove(jid)
+            if not pending:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeout(
+                    f"{len(pending)} of {len(job_ids)} jobs not finished after {timeout}s",
+                    pending=pending,
+                )
+            time.sleep(poll_s)
+
+    def cancel(
+        self, job_ids: Sequence[str], reason: str = "cancelled by user"
+    ) -> dict[str, JobState | None]:
+        """Cancel jobs that have not started running; returns each job's state afterwards.
+
+        ``cancelled`` means the job will never run (a worker that meets it records a
+        cancelled result); ``running`` or a terminal state means it was too late; ``None``
+        means the job is unknown.
+        """
+        states, applied = self.status_store.cancel(list(job_ids), reason, time.time())
+        if applied.groups_done:
+            from pipelines.openai_batch import BatchService
+
+            for group in applied.groups_done:
+                BatchService(self).finalize(group)
+        return states
+
+    def result_files(self, job_id: str) -> dict[str, bytes]:
+        """The job's result document and every image it names, by file name."""
+        raw = self.result_store.get(self.settings.result_key(job_id))
+        if raw is None:
+            return {}
+        files = {"result.json": raw}
+        doc = parse_result(raw)
+        if isinstance(doc, DiffusionResult) and doc.images:
+            blobs = self.result_store.get_many([im.key for im in doc.images])
+            for im in doc.images:
+                data = blobs.get(im.key)
+                if data is not None:
+                    files[Path(im.key).name] = data
+        return files
+
+    def urls(self, job_id: str, expires_s: int = 3600) -> list[str]:
+        """Presigned URLs of the job's images (or of its result document if it has none)."""
+        raw = self.result_store.get(self.settings.result_key(job_id))
+        if raw is None:
+            return []
+        doc = parse_result(raw)
+        keys = [im.key for im in doc.images] if isinstance(doc, DiffusionResult) else []
+        keys = keys or [self.settings.result_key(job_id)]
+        return [self.result_store.presign(k, expires_s) for k in keys]
 
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close(timeout=10)
             self._producer = None
-        close: Any = getattr(self._results, "close", None)
-        if callable(close):
-            close()
+        for store in (self._results, self._status):
+            close: Any = getattr(store, "close", None)
+            if callable(close):
+                close()
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _queued(job: AnyJob, at: float) -> StatusUpdate:
+    return StatusUpdate(job.job_id, JobState.QUEUED, at=at, group=job_group(job), kind=job.kind)
+
+
+def _stand_in(st: JobStatus) -> AnyResult:
+    """A result document for a job that ended before any worker wrote one."""
+    cls = RESULT_TYPES.get(st.kind, RESULT_TYPES["llm"])
+    if st.state is JobState.CANCELLED:
+        return cls(job_id=st.job_id, status="cancelled", model="", error=st.reason)
+    return cls(job_id=st.job_id, status="failed", model="", error=f"dead-lettered: {st.reason}")
 
 
 def read_jobs_file(path: str, defaults: dict[str, Any]) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ its S3 prefix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -36,6 +37,8 @@ MAX_IMAGE_PROMPT_CHARS = 2_000
 MAX_EMBED_CHARS = 8_000
 MAX_PIXELS_PER_JOB = 8 * 1024 * 1024
 PAYLOAD_KEEP_BYTES = 4096
+GROUP_TAG = "batch_id"
+"""The tag that makes a job part of a group (an OpenAI-style batch) whose completion is tracked."""
 
 
 _JOB_ID_RE = re.compile(JOB_ID_PATTERN)
@@ -44,6 +47,13 @@ _JOB_ID_RE = re.compile(JOB_ID_PATTERN)
 def is_job_id(value: object) -> TypeGuard[str]:
     """Whether ``value`` is a valid job id (the ``JobId`` rule, for ids found in raw data)."""
     return isinstance(value, str) and len(value) <= 128 and bool(_JOB_ID_RE.match(value))
+
+
+def job_seed(job_id: str) -> int:
+    """The seed of a job submitted without one: derived from its id, so a rerun of the job
+    (redelivery) reproduces its result; leaves room for ``seed + k`` per image."""
+    digest = hashlib.sha256(job_id.encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**32 - 1024)
 
 
 def new_job_id() -> str:
@@ -151,6 +161,11 @@ JOB_MODELS: dict[str, type[LLMJob] | type[DiffusionJob] | type[EmbedJob]] = {
     "embed": EmbedJob,
 }
 JOB_KINDS = tuple(JOB_MODELS)
+
+
+def job_group(job: AnyJob) -> str:
+    """The group (OpenAI-style batch) a job belongs to, or ``""``."""
+    return job.tags.get(GROUP_TAG, "")
 
 
 def batch_key(job: AnyJob) -> tuple[object, ...]:

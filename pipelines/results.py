@@ -23,7 +23,7 @@ class _ResultBase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     job_id: str
-    status: Literal["succeeded", "failed"]
+    status: Literal["succeeded", "failed", "cancelled"]
     model: str
     error: str | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
@@ -72,13 +72,14 @@ class EmbedResult(_ResultBase):
 
 
 AnyResult = LLMResult | DiffusionResult | EmbedResult
+RESULT_TYPES: dict[str, type[AnyResult]] = {
+    "llm": LLMResult,
+    "diffusion": DiffusionResult,
+    "embed": EmbedResult,
+}
 
 
 def parse_result(raw: bytes) -> AnyResult:
     """A result document of any kind."""
     kind = json.loads(raw).get("kind", "llm")
-    if kind == "diffusion":
-        return DiffusionResult.model_validate_json(raw)
-    if kind == "embed":
-        return EmbedResult.model_validate_json(raw)
-    return LLMResult.model_validate_json(raw)
+    return RESULT_TYPES.get(kind, LLMResult).model_validate_json(raw)

@@ -37,6 +37,9 @@ class KafkaSettings(_Group):
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=16)
     consumer_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+    status_events: bool = Field(
+        default=True, description="publish every job state change to {namespace}.status"
+    )
 
     def client_config(self) -> dict[str, Any]:
         """Security keyword arguments shared by every kafka-python client."""
@@ -70,6 +73,13 @@ class S3Settings(_Group):
     region: str = "us-east-1"
     secure: bool = False
     write_threads: int = Field(default=16, ge=1, le=256)
+    conditional_writes: bool = Field(
+        default=True, description="If-None-Match on result writes (first writer wins)"
+    )
+    multipart_threshold_mb: int = Field(default=16, ge=5, le=5120)
+    retention_days: float | None = Field(
+        default=None, gt=0, description="age at which `blaze results sweep` deletes results"
+    )
 
 
 class StackSettings(_Group):
@@ -195,6 +205,10 @@ class BlazeSettings(BaseSettings):
         return f"{self.namespace}.dead-letter"
 
     @property
+    def status_topic(self) -> str:
+        return f"{self.namespace}.status"
+
+    @property
     def consumer_group(self) -> str:
         return f"{self.namespace}.intake"
 
@@ -208,6 +222,36 @@ class BlazeSettings(BaseSettings):
     def result_key(self, job_id: str) -> str:
         """Where a job's result lives; depends only on the namespace and the job id."""
         return f"{self.result_prefix(job_id)}result.json"
+
+    def manifest_key(self, batch_id: str) -> str:
+        """The manifest of one dispatched batch (which jobs, where, how they ended)."""
+        return f"{self.namespace}/batches/{batch_id}/manifest.json"
+
+    def openai_batch_prefix(self, batch_id: str) -> str:
+        """Files of one OpenAI-style batch: batch.json, input, requests, output, errors."""
+        return f"{self.namespace}/openai-batches/{batch_id}/"
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Seconds in ``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"2w"`` or a plain number of seconds.
+
+    Raises ``ConfigError`` naming ``what`` for anything else or for a value that is not > 0.
+    """
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in _UNITS else "s"
+    number = raw[:-1] if raw[-1:] in _UNITS else raw
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ConfigError(
+            f"{what} {text!r} is not a duration (use e.g. 90s, 30m, 24h, 7d)"
+        ) from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{what} must be > 0, got {text!r}")
+    return seconds
 
 
 def load_settings(**overrides: Any) -> BlazeSettings:

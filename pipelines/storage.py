@@ -1,61 +1,140 @@
 """Result storage: the ``ResultStore`` contract, an in-memory store and the S3 store.
 
 Each result is one object written with a single PUT, so a reader sees either nothing or the
-whole document; writes of a batch run concurrently because one PUT costs a round trip.
+whole document. Writes of a batch run concurrently because one PUT costs a round trip. Writes
+that must never replace what is there (result documents, images) are conditional: S3's
+``If-None-Match: *`` makes the first writer win, and the store reports the keys it found taken.
+Objects above ``multipart_threshold_mb`` (and streamed files of unknown size) go up in parts.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import BinaryIO, Protocol
 
 import urllib3
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
 from pipelines.errors import ServiceUnavailable
 from pipelines.settings import BlazeSettings
 
+log = logging.getLogger(__name__)
+
+Item = tuple[str, bytes, str]
+"""``(key, data, content_type)`` of one object to write."""
+
+PART_SIZE = 8 << 20
+_MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: its key, size and last-modified time."""
+
+    key: str
+    size: int
+    modified: datetime
+
 
 class ResultStore(Protocol):
-    """Objects by key; writes of one key are idempotent (same bytes for the same job)."""
+    """Objects by key, for results, images, manifests and batch files."""
 
-    def put_many(self, items: Sequence[tuple[str, bytes, str]]) -> None:
-        """Write ``(key, data, content_type)`` items; raises if any write failed."""
+    def put_many(self, items: Sequence[Item], *, if_absent: bool = False) -> set[str]:
+        """Write items; raises if any write failed.
+
+        With ``if_absent`` an existing object is left as it is; returns the keys that were
+        already taken (always empty without ``if_absent``).
+        """
+        ...
+
+    def put_stream(self, key: str, data: BinaryIO, content_type: str) -> None:
+        """Write a file of any size from a readable stream, in parts."""
         ...
 
     def get(self, key: str) -> bytes | None: ...
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
+        """Several objects at once (concurrently where the backend allows)."""
+        ...
 
     def existing(self, keys: Iterable[str]) -> set[str]:
         """The subset of ``keys`` that already exist."""
         ...
 
-    def list(self, prefix: str) -> list[str]: ...
+    def list_keys(self, prefix: str) -> list[str]: ...
+
+    def scan(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under ``prefix`` with its size and time."""
+        ...
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """Delete objects (missing ones are fine); returns how many were asked for."""
+        ...
+
+    def presign(self, key: str, expires_s: int) -> str:
+        """A URL that reads ``key`` without credentials until it expires."""
+        ...
 
 
 class MemoryResultStore:
     """A dict-backed store for unit tests and docs; inspect ``objects`` directly."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.objects: dict[str, bytes] = {}
+        self.modified: dict[str, float] = {}
+        self.clock = clock
         self._lock = threading.Lock()
 
-    def put_many(self, items: Sequence[tuple[str, bytes, str]]) -> None:
+    def put_many(self, items: Sequence[Item], *, if_absent: bool = False) -> set[str]:
+        taken: set[str] = set()
         with self._lock:
             for key, data, _ in items:
+                if if_absent and key in self.objects:
+                    taken.add(key)
+                    continue
                 self.objects[key] = data
+                self.modified[key] = self.clock()
+        return taken
+
+    def put_stream(self, key: str, data: BinaryIO, content_type: str) -> None:
+        self.put_many([(key, data.read(), content_type)])
 
     def get(self, key: str) -> bytes | None:
         return self.objects.get(key)
 
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
+        return {k: self.objects.get(k) for k in keys}
+
     def existing(self, keys: Iterable[str]) -> set[str]:
         return {k for k in keys if k in self.objects}
 
-    def list(self, prefix: str) -> list[str]:
+    def list_keys(self, prefix: str) -> list[str]:
         return sorted(k for k in self.objects if k.startswith(prefix))
+
+    def scan(self, prefix: str) -> list[ObjectInfo]:
+        return [
+            ObjectInfo(k, len(self.objects[k]), datetime.fromtimestamp(self.modified[k], UTC))
+            for k in self.list_keys(prefix)
+        ]
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        with self._lock:
+            for k in keys:
+                self.objects.pop(k, None)
+                self.modified.pop(k, None)
+        return len(keys)
+
+    def presign(self, key: str, expires_s: int) -> str:
+        return f"memory://{key}?expires={expires_s}"
 
 
 class S3ResultStore:
@@ -66,6 +145,8 @@ class S3ResultStore:
         self.endpoint = settings.s3_endpoint
         self.bucket = s3.bucket
         self._threads = s3.write_threads
+        self._multipart_bytes = s3.multipart_threshold_mb << 20
+        self._conditional = s3.conditional_writes
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=5, read=60),
             maxsize=max(10, s3.write_threads),
@@ -86,6 +167,11 @@ class S3ResultStore:
     def _unavailable(self, exc: Exception) -> ServiceUnavailable:
         return ServiceUnavailable("S3", self.endpoint, type(exc).__name__ + ": " + str(exc)[:200])
 
+    def _workers(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="s3")
+        return self._pool
+
     def ensure_bucket(self) -> None:
         """Create the bucket if it is missing (harmless when it exists)."""
         try:
@@ -97,28 +183,67 @@ class S3ResultStore:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._unavailable(exc) from None
 
-    def _put(self, item: tuple[str, bytes, str]) -> None:
+    def _put(self, item: Item, if_absent: bool) -> bool:
+        """Write one object; False when ``if_absent`` and the key was taken."""
         key, data, ctype = item
-        self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=ctype)
+        if len(data) > self._multipart_bytes:
+            # minio's multipart path takes no precondition: check first (best effort).
+            if if_absent and self._exists(key):
+                return False
+            self.client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), ctype, part_size=PART_SIZE
+            )
+            return True
+        if not if_absent:
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), ctype)
+            return True
+        if not self._conditional:
+            if self._exists(key):
+                return False
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), ctype)
+            return True
+        headers: dict[str, str | list[str] | tuple[str]] = {
+            "Content-Type": ctype,
+            "If-None-Match": "*",
+        }
+        try:
+            # put_object() would turn If-None-Match into user metadata; the plain PUT keeps it.
+            self.client._put_object(self.bucket, key, data, headers)
+            return True
+        except S3Error as exc:
+            if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            if exc.code != "NotImplemented":
+                raise
+            log.warning("%s does not support conditional writes; checking before writing", self)
+            self._conditional = False
+            return self._put(item, if_absent)
 
-    def put_many(self, items: Sequence[tuple[str, bytes, str]]) -> None:
+    def put_many(self, items: Sequence[Item], *, if_absent: bool = False) -> set[str]:
         try:
             if len(items) <= 1:
-                for item in items:
-                    self._put(item)
-                return
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="s3-put")
-            for _ in self._pool.map(self._put, items):
-                pass
+                written = [self._put(item, if_absent) for item in items]
+            else:
+                written = list(self._workers().map(lambda i: self._put(i, if_absent), items))
+        except S3Error as exc:
+            raise self._unavailable(exc) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        return {item[0] for item, ok in zip(items, written, strict=True) if not ok}
+
+    def put_stream(self, key: str, data: BinaryIO, content_type: str) -> None:
+        try:
+            self.client.put_object(
+                self.bucket, key, data, -1, content_type=content_type, part_size=PART_SIZE
+            )
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._unavailable(exc) from None
 
     def get(self, key: str) -> bytes | None:
         try:
             resp = self.client.get_object(self.bucket, key)
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
+            if exc.code in _MISSING:
                 return None
             raise self._unavailable(exc) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -129,33 +254,68 @@ class S3ResultStore:
             resp.close()
             resp.release_conn()
 
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
+        if len(keys) <= 1:
+            return {k: self.get(k) for k in keys}
+        return dict(zip(keys, self._workers().map(self.get, keys), strict=True))
+
     def _exists(self, key: str) -> bool:
         try:
             self.client.stat_object(self.bucket, key)
             return True
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+            if exc.code in _MISSING:
                 return False
             raise
 
     def existing(self, keys: Iterable[str]) -> set[str]:
         keys = list(keys)
         try:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="s3-put")
-            found = self._pool.map(self._exists, keys)
+            found = self._workers().map(self._exists, keys)
             return {k for k, ok in zip(keys, found, strict=True) if ok}
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._unavailable(exc) from None
 
-    def list(self, prefix: str) -> list[str]:
+    def list_keys(self, prefix: str) -> list[str]:
+        return [o.key for o in self.scan(prefix)]
+
+    def scan(self, prefix: str) -> list[ObjectInfo]:
         try:
             objs = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
-            return sorted(o.object_name for o in objs if o.object_name)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            return sorted(
+                (
+                    ObjectInfo(o.object_name, o.size or 0, o.last_modified or datetime.now(UTC))
+                    for o in objs
+                    if o.object_name
+                ),
+                key=lambda o: o.key,
+            )
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._unavailable(exc) from None
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        try:
+            for start in range(0, len(keys), 1000):  # the DeleteObjects limit per request
+                batch = [DeleteObject(k) for k in keys[start : start + 1000]]
+                errors = list(self.client.remove_objects(self.bucket, batch))
+                if errors:
+                    first = errors[0]
+                    raise ServiceUnavailable(
+                        "S3", self.endpoint, f"delete {first.name}: {first.code} {first.message}"
+                    )
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        return len(keys)
+
+    def presign(self, key: str, expires_s: int) -> str:
+        return self.client.presigned_get_object(
+            self.bucket, key, expires=timedelta(seconds=expires_s)
+        )
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+    def __repr__(self) -> str:
+        return f"S3ResultStore({self.endpoint}/{self.bucket})"

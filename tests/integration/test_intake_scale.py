@@ -46,7 +46,7 @@ def test_two_consumers_run_2000_mixed_jobs_exactly_once(settings: BlazeSettings)
     assert all(s is not None and s.attempts == 1 and s.dispatches == 1 for s in statuses.values())
     assert first().dispatched_jobs + second().dispatched_jobs == 2000
     assert first().received > 0 and second().received > 0  # the group shared the partitions
-    keys = S3ResultStore(settings).list(f"{settings.namespace}/jobs/")
+    keys = S3ResultStore(settings).list_keys(f"{settings.namespace}/jobs/")
     assert len(keys) == 2000
 
 
@@ -181,7 +181,7 @@ def test_consumer_killed_at_random_moments_loses_and_duplicates_nothing(
     dispatches = sum(s.dispatches for s in statuses.values() if s)
     # the model ran once per job: redelivered jobs found their result and were skipped
     assert all(s is not None and s.attempts == 1 for s in statuses.values())
-    assert len(S3ResultStore(settings).list(f"{settings.namespace}/jobs/")) == len(jobs)
+    assert len(S3ResultStore(settings).list_keys(f"{settings.namespace}/jobs/")) == len(jobs)
     with capsys.disabled():
         print(
             f"\n[crash test] {kills} kill -9s, {len(jobs)} jobs, "

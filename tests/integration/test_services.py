@@ -29,7 +29,7 @@ def test_s3_store_round_trip(settings: BlazeSettings) -> None:
     assert store.existing([*keys, f"{settings.namespace}/jobs/nope/result.json"]) == set(keys)
     assert json.loads(store.get(keys[7]) or b"") == {"i": 7}
     assert store.get(f"{settings.namespace}/missing") is None
-    assert store.list(f"{settings.namespace}/jobs/") == sorted(keys)
+    assert store.list_keys(f"{settings.namespace}/jobs/") == sorted(keys)
     store.close()
 
 

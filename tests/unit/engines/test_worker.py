@@ -13,7 +13,7 @@ from engines.worker import BatchRunner, EngineCache, is_out_of_memory, run_isola
 from pipelines.errors import ConfigError, ModelUnavailable
 from pipelines.jobs import DiffusionJob, LLMJob
 from pipelines.settings import BlazeSettings
-from pipelines.status import JobState, MemoryStatusStore
+from pipelines.status import JobState, MemoryStatusStore, StatusUpdate
 from pipelines.storage import MemoryResultStore
 from pipelines.tasks import batch_payload
 
@@ -218,3 +218,41 @@ def test_memory_budget_unloads_the_least_recently_used_model() -> None:
     cache.get("a")  # a is now the most recently used
     cache.get("c")
     assert list(cache.engines) == ["a", "c"] and cache.unloaded == ["b"]
+
+
+def test_a_cancelled_job_never_runs_and_gets_a_cancelled_result() -> None:
+    run, results, status, made = runner()
+    jobs = [LLMJob(job_id=f"c{i}", model="m", prompt=f"p{i}") for i in range(3)]
+    status.update([StatusUpdate(j.job_id, JobState.QUEUED) for j in jobs])
+    status.cancel(["c1"], "changed my mind", 1.0)
+    summary = run.run(payload(*jobs))
+    assert summary["succeeded"] == 2 and summary["cancelled"] == 1
+    assert made["m"].calls == [2]
+    assert result(results, "c1")["status"] == "cancelled"
+    st = status.get(["c1"])["c1"]
+    assert st is not None and st.state is JobState.CANCELLED and st.attempts == 0
+
+
+def test_the_first_result_written_wins_and_the_manifest_lists_the_batch() -> None:
+    run, results, status, _ = runner()
+    job = LLMJob(job_id="w1", model="m", prompt="late")
+    earlier = b'{"job_id": "w1", "status": "succeeded", "model": "m", "text": "FIRST"}'
+    results.objects[SETTINGS.result_key("w1")] = earlier  # another attempt got there first
+    results.modified[SETTINGS.result_key("w1")] = 0.0
+    summary = run.run(payload(job))
+    assert summary["skipped"] == 1 and results.get(SETTINGS.result_key("w1")) == earlier
+    st = status.get(["w1"])["w1"]
+    assert st is not None and st.state is JobState.SUCCEEDED
+    manifest = json.loads(results.get(SETTINGS.manifest_key("b1")) or b"{}")
+    assert manifest["jobs"] == [
+        {"job_id": "w1", "model": "m", "status": "succeeded", "key": SETTINGS.result_key("w1")}
+    ]
+
+
+def test_unseeded_jobs_get_a_seed_from_their_id() -> None:
+    from pipelines.jobs import job_seed
+
+    run, results, _, _ = runner()
+    run.run(payload(LLMJob(job_id="s1", model="m", prompt="x")))
+    assert result(results, "s1")["provenance"]["seed"] == job_seed("s1")
+    assert job_seed("s1") == job_seed("s1") != job_seed("s2")

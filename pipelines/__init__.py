@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipelines.client import Client, JobHandle
-    from pipelines.jobs import ChatMessage, DiffusionJob, LLMJob
-    from pipelines.results import DiffusionResult, LLMResult
+    from pipelines.jobs import ChatMessage, DiffusionJob, EmbedJob, LLMJob
+    from pipelines.openai_batch import BatchService
+    from pipelines.results import DiffusionResult, EmbedResult, LLMResult
     from pipelines.settings import BlazeSettings, load_settings
+    from pipelines.status import JobState, JobStatus
 
 _WHERE = {
     "Client": "pipelines.client",
@@ -22,19 +24,29 @@ _WHERE = {
     "ChatMessage": "pipelines.jobs",
     "DiffusionJob": "pipelines.jobs",
     "LLMJob": "pipelines.jobs",
+    "EmbedJob": "pipelines.jobs",
+    "BatchService": "pipelines.openai_batch",
     "DiffusionResult": "pipelines.results",
+    "EmbedResult": "pipelines.results",
     "LLMResult": "pipelines.results",
+    "JobState": "pipelines.status",
+    "JobStatus": "pipelines.status",
     "BlazeSettings": "pipelines.settings",
     "load_settings": "pipelines.settings",
 }
 
 __all__ = [
+    "BatchService",
     "BlazeSettings",
     "ChatMessage",
     "Client",
     "DiffusionJob",
     "DiffusionResult",
+    "EmbedJob",
+    "EmbedResult",
     "JobHandle",
+    "JobState",
+    "JobStatus",
     "LLMJob",
     "LLMResult",
     "load_settings",

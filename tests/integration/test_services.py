@@ -1,5 +1,6 @@
 """The storage, status and producer contracts against the real embedded services."""
 
+import io
 import json
 
 import pytest
@@ -30,6 +31,28 @@ def test_s3_store_round_trip(settings: BlazeSettings) -> None:
     assert json.loads(store.get(keys[7]) or b"") == {"i": 7}
     assert store.get(f"{settings.namespace}/missing") is None
     assert store.list_keys(f"{settings.namespace}/jobs/") == sorted(keys)
+    store.close()
+
+
+def test_s3_store_first_writer_wins_and_large_objects_go_in_parts(
+    settings: BlazeSettings,
+) -> None:
+    small = settings.model_copy(
+        update={"s3": settings.s3.model_copy(update={"multipart_threshold_mb": 5})}
+    )
+    store = S3ResultStore(small)
+    ns = settings.namespace
+    big = bytes(range(256)) * (6 << 12)  # 6 MiB: above the threshold, uploaded in parts
+    first = [(f"{ns}/a.json", b"1", "application/json"), (f"{ns}/big.bin", big, "x/bin")]
+    assert store.put_many(first, if_absent=True) == set()
+    again = [(f"{ns}/a.json", b"2", "application/json"), (f"{ns}/big.bin", b"small", "x/bin")]
+    assert store.put_many(again, if_absent=True) == {f"{ns}/a.json", f"{ns}/big.bin"}
+    assert store.get(f"{ns}/a.json") == b"1" and store.get(f"{ns}/big.bin") == big
+    stream = io.BytesIO(big * 2)
+    store.put_stream(f"{ns}/stream.bin", stream, "x/bin")  # unknown length: multipart
+    assert store.get(f"{ns}/stream.bin") == big * 2
+    assert store.delete_many([f"{ns}/a.json", f"{ns}/missing"]) == 2
+    assert store.get(f"{ns}/a.json") is None
     store.close()
 
 

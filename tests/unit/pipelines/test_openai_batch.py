@@ -241,3 +241,16 @@ def test_a_file_with_no_valid_line_fails_the_batch(tmp_path: Path) -> None:
     assert [e["line"] for e in info.errors["data"]] == [1, 2]
     with pytest.raises(BlazeError, match="unknown batch"):
         service.load("batch_nope")
+
+
+def test_a_batch_past_its_window_expires_and_its_unrun_requests_say_so(tmp_path: Path) -> None:
+    service, runner, _ = flow(tmp_path, [line(f"c{i}", chat(f"x{i}")) for i in range(4)])
+    info = service.submit(tmp_path / "in.jsonl", completion_window="1h")
+    jobs = [json.loads(v) for v in _NullProducer.sent[-4:]]
+    runner.run(batch_payload(jobs[:2], batch_id="early", queued_at=0.0))
+    service._save(info.model_copy(update={"expires_at": info.created_at - 1}))
+    ended = service.refresh(info.id)
+    assert ended.status == "expired" and ended.expired_at is not None
+    assert (ended.request_counts.completed, ended.request_counts.failed) == (2, 2)
+    errors = service.store.get(ended.error_file_id or "") or b""
+    assert {json.loads(x)["error"]["code"] for x in errors.splitlines()} == {"batch_expired"}

@@ -270,9 +270,11 @@ class Intake:
             batch_id=uuid.uuid4().hex,
             queued_at=time.time(),
         )
-        self.dispatcher.dispatch(queue, payload)
+        # Recorded before the hand-off so a fast worker's "running" never precedes it; if the
+        # dispatch fails the offsets stay uncommitted and the job comes back anyway.
         now = time.time()
         self.status.update([StatusUpdate(e.job.job_id, JobState.BATCHED, at=now) for e in batch])
+        self.dispatcher.dispatch(queue, payload)
         for e in batch:
             self.offsets.settle(e.tp, e.offset)
         self.stats.batches += 1

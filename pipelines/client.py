@@ -97,8 +97,9 @@ class Client:
         """Publish jobs in batched sends (acks=all, key = job id) and mark them queued.
 
         Returns after every job is acknowledged by the broker; raises ``ServiceUnavailable``
-        if any is not, naming the broker. Jobs of a group (an OpenAI-style batch) are marked
-        queued *before* they are sent, so their group is known whatever stage settles them.
+        if any is not, naming the broker. Jobs are marked queued *before* they are sent, so
+        no later state (or status event) can precede it and a job's group is known whatever
+        stage settles it; if the send fails, those marks are removed again.
         """
         producer = self._get_producer()
         if restart:  # replayed jobs start a fresh life: their old terminal state must go
@@ -107,8 +108,7 @@ class Client:
         handles: list[JobHandle] = []
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
-            grouped = [j for j in part if job_group(j)]
-            self.status_store.update([_queued(j, time.time()) for j in grouped])
+            self.status_store.update([_queued(j, time.time()) for j in part])
             try:
                 futures = [
                     producer.send(
@@ -122,9 +122,8 @@ class Client:
                 for fut in futures:
                     fut.get(timeout=60)
             except KafkaError as exc:
+                self.status_store.reset([j.job_id for j in part])
                 raise unavailable(self.settings, exc) from None
-            now = time.time()
-            self.status_store.update([_queued(j, now) for j in part if not job_group(j)])
             handles.extend(
                 JobHandle(j.job_id, self.settings.result_key(j.job_id), self) for j in part
             )

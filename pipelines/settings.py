@@ -141,6 +141,10 @@ class BlazeSettings(BaseSettings):
     registry_file: Path = Field(
         default=Path(".blaze/models.yaml"), description="model registry (YAML); optional"
     )
+    templates_dir: Path = Field(
+        default=Path(".blaze/templates"),
+        description="pipeline templates (*.yaml) added to the shipped ones",
+    )
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     s3: S3Settings = S3Settings()

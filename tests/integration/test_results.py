@@ -142,7 +142,8 @@ def test_a_bucket_reader_never_sees_a_partial_result_and_ends_with_all_200(
     for jid in ids:
         states = seen[jid]
         assert states[-1] is JobState.SUCCEEDED, (jid, states)
-        assert {JobState.QUEUED, JobState.BATCHED, JobState.RUNNING} <= set(states)
+        assert {JobState.QUEUED, JobState.BATCHED, JobState.RUNNING} <= set(states), states
+        assert [s.rank for s in states] == sorted(s.rank for s in states), states
 
 
 def test_cancelling_half_of_a_queued_batch_cancels_exactly_those(settings: BlazeSettings) -> None:

@@ -41,6 +41,8 @@ class Service:
     ports: list[int]
     address: str
     health: Callable[[], bool]
+    exe: str = ""
+    group: bool = False  # stop its whole process group (it runs children of its own)
 
 
 @dataclass(frozen=True)
@@ -104,13 +106,19 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 def free_stack_ports(low: int = 20_000, high: int = 30_000) -> dict[str, int]:
     """Stack port settings whose every port is free now (for tests and benchmarks).
 
-    SeaweedFS takes base..base+3 and the same +10000; Kafka, S3 and Redis take base+4..6.
+    SeaweedFS takes base..base+3 and the same +10000; Kafka, S3, Redis and Airflow take
+    base+4..7 (Airflow's log servers base+8 and base+9).
     """
     rng = random.Random()
     for _ in range(200):
         base = rng.randrange(low, high, 10)
-        ports = {"kafka_port": base + 4, "s3_port": base + 5, "redis_port": base + 6}
-        every = [*ports.values(), base + 10_005]
+        ports = {
+            "kafka_port": base + 4,
+            "s3_port": base + 5,
+            "redis_port": base + 6,
+            "airflow_port": base + 7,
+        }
+        every = [*ports.values(), base + 8, base + 9, base + 10_005]
         every += [base + i + d for i in range(4) for d in (0, 10_000)]
         if all(port_free(p) for p in every):
             return {**ports, "seaweed_port_base": base}
@@ -139,9 +147,10 @@ def _tail(path: Path, lines: int = 20) -> str:
 class Stack:
     """The embedded services described by ``settings.stack``."""
 
-    def __init__(self, settings: BlazeSettings) -> None:
+    def __init__(self, settings: BlazeSettings, with_airflow: bool = False) -> None:
         self.settings = settings
         self.state_dir = settings.stack.state_dir.resolve()
+        self.with_airflow = with_airflow
 
     # -- descriptions --------------------------------------------------------------------
     def _s3_health(self) -> bool:
@@ -188,7 +197,102 @@ class Stack:
         except Exception:
             return False
 
+    def _airflow_health(self) -> bool:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.settings.stack.airflow_port}/api/v2/monitor/health"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                doc = json.loads(resp.read())
+        except (OSError, ValueError):
+            return False
+        parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        return all(doc.get(p, {}).get("status") == "healthy" for p in parts)
+
+    def airflow_service(self) -> Service:
+        """``airflow standalone`` (API/UI, scheduler, triggerer, DAG processor) on SQLite with
+        the LocalExecutor, bound to 127.0.0.1, sized for a small machine, running the
+        template DAGs with this stack's BLAZE_* settings."""
+        import pipelines
+
+        st = self.settings.stack
+        home = self.state_dir / "airflow"
+        dags = Path(pipelines.__file__).resolve().parents[1] / "dags"
+        port = st.airflow_port
+        af = self.settings.airflow
+        env = {
+            **self.settings.to_env(),
+            "BLAZE_STACK__STATE_DIR": str(self.state_dir),
+            "BLAZE_TEMPLATES_DIR": str(self.settings.templates_dir.resolve()),
+            "BLAZE_MODELS_DIR": str(self.settings.models_dir.resolve()),
+            "BLAZE_REGISTRY_FILE": str(self.settings.registry_file.resolve()),
+            # standalone starts its components as `airflow ...` found on PATH
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__DAGBAG_IMPORT_ERROR_TRACEBACKS": "False",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{af.username}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(port + 1),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(port + 2),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+            # The Blaze services as Airflow connections, for users' own tasks (Blaze's
+            # operators read the BLAZE_* settings above and never look connections up).
+            "AIRFLOW_CONN_BLAZE_REDIS": self.settings.redis_url,
+            "AIRFLOW_CONN_BLAZE_KAFKA": json.dumps(
+                {
+                    "conn_type": "kafka",
+                    "extra": {"bootstrap.servers": self.settings.kafka_bootstrap},
+                }
+            ),
+            "AIRFLOW_CONN_BLAZE_S3": json.dumps(
+                {
+                    "conn_type": "aws",
+                    "login": self.settings.s3.access_key,
+                    "password": self.settings.s3.secret_key.get_secret_value(),
+                    "extra": {"endpoint_url": f"http://{self.settings.s3_endpoint}"},
+                }
+            ),
+        }
+        return Service(
+            name="airflow",
+            argv=[sys.executable, "-m", "airflow", "standalone"],
+            env=env,
+            ports=[port, port + 1, port + 2],
+            address=f"http://127.0.0.1:{port}",
+            health=self._airflow_health,
+            exe=sys.executable,
+            group=True,
+        )
+
+    def _prepare_airflow(self) -> None:
+        home = self.state_dir / "airflow"
+        home.mkdir(exist_ok=True)
+        af = self.settings.airflow
+        path = home / "passwords.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({af.username: af.password.get_secret_value()}, fh)
+
     def services(self) -> list[Service]:
+        base = self._core_services()
+        if self.with_airflow or "airflow" in self._read_state():
+            base.append(self.airflow_service())
+        return base
+
+    def _core_services(self) -> list[Service]:
         st, s3 = self.settings.stack, self.settings.s3
         data = self.state_dir
         base = st.seaweed_port_base
@@ -299,9 +403,12 @@ class Stack:
         for sub in ("seaweedfs", "valkey", "logs"):
             (self.state_dir / sub).mkdir(exist_ok=True)
         self._write_identities()
+        if self.with_airflow:
+            self._prepare_airflow()
         state = self._read_state()
-        timeout = self.settings.stack.start_timeout_s
         for svc in self.services():
+            # Airflow needs its database migrated and four components up: give it longer.
+            timeout = self.settings.stack.start_timeout_s * (3 if svc.name == "airflow" else 1)
             pid = self._running(svc, state)
             if pid is not None:
                 if self._wait_healthy(svc, pid, timeout):
@@ -329,13 +436,14 @@ class Stack:
                 )
             state[svc.name] = {
                 "pid": proc.pid,
-                "exe": svc.argv[0],
+                "exe": svc.exe or svc.argv[0],
+                "group": svc.group,
                 "address": svc.address,
                 "log": str(log),
             }
             self._write_state(state)
             if not self._wait_healthy(svc, proc.pid, timeout, proc):
-                self._stop_pid(proc.pid, svc.argv[0])
+                self._stop_pid(proc.pid, svc.exe or svc.argv[0], group=svc.group)
                 raise StackError(
                     f"{svc.name} did not become healthy at {svc.address} within {timeout:.0f}s; "
                     f"last lines of {log}:\n{_tail(log)}"
@@ -390,7 +498,7 @@ class Stack:
         for svc in reversed(self.services()):
             pid = self._running(svc, state)
             if pid is not None:
-                self._stop_pid(pid, svc.argv[0], timeout)
+                self._stop_pid(pid, svc.exe or svc.argv[0], timeout, group=svc.group)
                 stopped.append(f"{svc.name} (pid {pid})")
             state.pop(svc.name, None)
         if self.state_dir.exists():
@@ -398,9 +506,14 @@ class Stack:
         return stopped
 
     @staticmethod
-    def _stop_pid(pid: int, exe: str, timeout: float = 20.0) -> None:
+    def _stop_pid(pid: int, exe: str, timeout: float = 20.0, group: bool = False) -> None:
+        # A service started in its own session leads a process group we own, so the group is
+        # signalled when it has children of its own (Airflow's scheduler, triggerer, ...).
+        def kill(sig: signal.Signals) -> None:
+            (os.killpg if group else os.kill)(pid, sig)
+
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+            kill(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
@@ -409,4 +522,4 @@ class Stack:
                 return
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            kill(signal.SIGKILL)

@@ -41,6 +41,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(submit_app, name="submit")
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
 app.add_typer(dlq_app, name="dlq")
+pipeline_app = typer.Typer(no_args_is_help=True, help="Pipeline templates run by Airflow.")
+app.add_typer(pipeline_app, name="pipeline")
 results_app = typer.Typer(no_args_is_help=True, help="Results in the bucket.")
 app.add_typer(results_app, name="results")
 batch_app = typer.Typer(no_args_is_help=True, help="OpenAI Batch API compatible batches.")
@@ -66,13 +68,27 @@ def _logging(level: str) -> None:
 
 # -- stack -------------------------------------------------------------------------------
 @stack_app.command("up")
-def stack_up() -> None:
-    """Start SeaweedFS, Tansu and Valkey on 127.0.0.1; returns when all are healthy."""
+def stack_up(
+    with_airflow: Annotated[
+        bool,
+        typer.Option(
+            "--with-airflow", help="also start Airflow (standalone) running the template DAGs"
+        ),
+    ] = False,
+) -> None:
+    """Start SeaweedFS, Tansu and Valkey (and Airflow) on 127.0.0.1; returns once healthy."""
     from infra.stack import Stack
 
-    stack = Stack(_settings())
+    stack = Stack(_settings(), with_airflow=with_airflow)
     stack.up(progress=lambda msg: out.print(msg))
     _print_stack(stack)
+    if with_airflow:
+        af = stack.settings.airflow
+        out.print(
+            f"Airflow UI and API: {stack.settings.airflow_url} (user {af.username}, password "
+            "from BLAZE_AIRFLOW__PASSWORD)",
+            highlight=False,
+        )
 
 
 @stack_app.command("status")
@@ -803,6 +819,125 @@ def batch_list() -> None:
             b.id, b.status, _when_day(b.created_at), str(c.total), str(c.completed), str(c.failed)
         )
     out.print(table)
+
+
+# -- pipeline templates --------------------------------------------------------------------
+@pipeline_app.command("validate")
+def pipeline_validate(
+    files: Annotated[list[Path], typer.Argument(help="template files (YAML)")],
+) -> None:
+    """Check template files; each problem names the file, the step and the field."""
+    from pipelines.templates import TemplateError, load_template
+
+    bad = 0
+    for path in files:
+        try:
+            t = load_template(path)
+        except TemplateError as exc:
+            err.print(f"{exc}", highlight=False, markup=False)
+            bad += 1
+            continue
+        out.print(f"{path}: ok ({t.name}: {len(t.steps)} steps)", highlight=False)
+    if bad:
+        raise _Exit(2, f"{bad} of {len(files)} templates are invalid")
+
+
+@pipeline_app.command("list")
+def pipeline_list() -> None:
+    """Templates on this machine, and the DAGs Airflow has for them (if it is reachable)."""
+    from pipelines.errors import ServiceUnavailable
+    from pipelines.templates import TemplateError, load_template, template_files
+
+    settings = _settings()
+    table = Table("template", "parameters", "steps", "file", "in Airflow")
+    in_airflow: dict[str, str] = {}
+    try:
+        from pipelines.airflow_api import AirflowClient
+
+        for d in AirflowClient(settings).pipelines():
+            in_airflow[d["dag_id"]] = "paused" if d.get("is_paused") else "active"
+    except ServiceUnavailable:
+        in_airflow = {}
+    for path in template_files(settings.templates_dir):
+        try:
+            t = load_template(path)
+        except TemplateError as exc:
+            table.add_row(path.stem, "", "", str(path), f"invalid: {exc}")
+            continue
+        params = ", ".join(
+            f"{n}" if spec.required else f"{n}={spec.default}" for n, spec in t.params.items()
+        )
+        table.add_row(t.name, params, str(len(t.steps)), str(path), in_airflow.get(t.name, "-"))
+    out.print(table)
+
+
+def _params(items: list[str]) -> dict[str, str]:
+    out_: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param wants key=value, got {item!r}")
+        out_[key] = value
+    return out_
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    name: Annotated[str, typer.Argument(help="template name")],
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="key=value (repeatable)")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait for the run to end")] = False,
+    timeout: Annotated[float, typer.Option(help="with --wait: give up after seconds")] = 3600,
+) -> None:
+    """Trigger a template's DAG through Airflow's REST API; prints the run id."""
+    from pipelines.airflow_api import AirflowClient
+    from pipelines.templates import TemplateError, load_template, resolve_params, template_files
+
+    settings = _settings()
+    paths = {p.stem: p for p in template_files(settings.templates_dir)}
+    if name not in paths:
+        raise ConfigError(f"unknown template {name!r} (known: {', '.join(sorted(paths))})")
+    try:
+        template = load_template(paths[name])
+        conf = resolve_params(template, _params(param or []))
+    except TemplateError as exc:
+        raise ConfigError(str(exc)) from None
+    client = AirflowClient(settings)
+    run_id = client.trigger(template.name, conf)
+    sys.stdout.write(run_id + "\n")
+    if wait:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = client.run(template.name, run_id)
+            if run.state in ("success", "failed"):
+                break
+            if time.monotonic() > deadline:
+                raise _Exit(3, f"run {run_id} still {run.state} after {timeout}s")
+            time.sleep(2)
+        _print_run(run)
+        if run.state != "success":
+            raise typer.Exit(1)
+
+
+def _print_run(run: Any) -> None:
+    out.print(f"{run.dag_id}  {run.run_id}  {run.state}", highlight=False)
+    for task, state in run.tasks.items():
+        out.print(f"  {task}: {state}", highlight=False)
+
+
+@pipeline_app.command("status")
+def pipeline_status(
+    run_id: Annotated[str, typer.Argument(help="run id printed by `pipeline run`")],
+    name: Annotated[str | None, typer.Option("--pipeline", help="template name")] = None,
+) -> None:
+    """Show a pipeline run's state and each step's state."""
+    from pipelines.airflow_api import AirflowClient
+    from pipelines.templates import template_files
+
+    settings = _settings()
+    names = [name] if name else [p.stem for p in template_files(settings.templates_dir)]
+    _print_run(AirflowClient(settings).find_run(run_id, names))
 
 
 # -- models ------------------------------------------------------------------------------

@@ -95,6 +95,12 @@ class StackSettings(_Group):
         le=55530,
         description="SeaweedFS master, filer, volume, admin take base..base+3; gRPC +10000",
     )
+    airflow_port: Port = Field(
+        default=18080,
+        ge=1024,
+        le=65533,
+        description="Airflow API/UI (with --with-airflow); its log servers take +1 and +2",
+    )
     kafka_bucket: str = "blaze-kafka"
     start_timeout_s: float = Field(default=60.0, gt=0)
 
@@ -119,6 +125,14 @@ class WorkerSettings(_Group):
     memory_budget_mb: int | None = Field(
         default=None, ge=1, description="unload least recently used models above this"
     )
+
+
+class AirflowSettings(_Group):
+    """Where ``blaze pipeline`` reaches Airflow's REST API (v2)."""
+
+    url: str | None = Field(default=None, description="http://host:port; unset = embedded")
+    username: str = "blaze"
+    password: SecretStr = SecretStr("blaze-airflow")
 
 
 class BlazeSettings(BaseSettings):
@@ -151,13 +165,19 @@ class BlazeSettings(BaseSettings):
     stack: StackSettings = StackSettings()
     batch: BatchSettings = BatchSettings()
     worker: WorkerSettings = WorkerSettings()
+    airflow: AirflowSettings = AirflowSettings()
 
     @model_validator(mode="after")
     def _ports_distinct(self) -> BlazeSettings:
         st = self.stack
         base = st.seaweed_port_base
         seaweed = [base + i for i in range(4)] + [base + 10_000 + i for i in range(4)]
-        named = {"kafka_port": st.kafka_port, "s3_port": st.s3_port, "redis_port": st.redis_port}
+        named = {
+            "kafka_port": st.kafka_port,
+            "s3_port": st.s3_port,
+            "redis_port": st.redis_port,
+            "airflow_port": st.airflow_port,
+        }
         for name, port in named.items():
             if port in seaweed or port + 10_000 in seaweed:
                 raise ValueError(f"stack.{name}={port} collides with SeaweedFS ports {seaweed}")
@@ -195,6 +215,10 @@ class BlazeSettings(BaseSettings):
     @property
     def redis_url(self) -> str:
         return self.redis.url or f"redis://127.0.0.1:{self.stack.redis_port}/0"
+
+    @property
+    def airflow_url(self) -> str:
+        return (self.airflow.url or f"http://127.0.0.1:{self.stack.airflow_port}").rstrip("/")
 
     @property
     def s3_endpoint(self) -> str:

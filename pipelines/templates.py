@@ -342,6 +342,17 @@ def template_files(extra_dir: Path | None = None) -> list[Path]:
     return list(found.values())
 
 
+def invalid_templates(extra_dir: Path | None = None) -> list[str]:
+    """The problem of every template file that does not validate (one line each)."""
+    problems = []
+    for path in template_files(extra_dir):
+        try:
+            load_template(path)
+        except TemplateError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def _check(t: Template, source: str) -> None:
     ids = [s.id for s in t.steps]
     kinds = {s.id: s.kind for s in t.steps}

@@ -12,6 +12,7 @@ import pytest
 from infra.stack import Stack, free_stack_ports
 from pipelines.settings import BlazeSettings
 
+DAGS = Path(__file__).resolve().parents[1] / "dags"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -66,3 +67,23 @@ def settings(stack: BlazeSettings, tiny_models: Path) -> BlazeSettings:
             "batch": stack.batch.model_copy(update={"max_size": 8, "max_wait_s": 0.3}),
         }
     )
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow home with a migrated SQLite database, set before Airflow is first imported."""
+    import subprocess
+    import sys
+
+    home = tmp_path_factory.mktemp("airflow")
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        }
+    )
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, timeout=300)
+    return home

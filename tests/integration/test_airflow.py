@@ -13,29 +13,10 @@ import pytest
 
 from pipelines.settings import BlazeSettings
 from pipelines.storage import S3ResultStore
+from tests.conftest import DAGS
 from tests.integration.conftest import running_intake, running_worker
 
 pytestmark = pytest.mark.integration
-DAGS = Path(__file__).resolve().parents[2] / "dags"
-
-
-@pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An Airflow home with a migrated SQLite database, set before Airflow is first imported."""
-    import subprocess
-    import sys
-
-    home = tmp_path_factory.mktemp("airflow")
-    env = {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-    }
-    os.environ.update(env)
-    airflow = str(Path(sys.executable).parent / "airflow")
-    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, timeout=300)
-    return home
 
 
 @pytest.fixture

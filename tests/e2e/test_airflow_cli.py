@@ -1,0 +1,80 @@
+"""A template triggered through Airflow's REST API on a running Airflow, as a user does it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from minio import Minio
+
+from pipelines.airflow_api import AirflowClient
+from pipelines.settings import BlazeSettings
+from tests.e2e.conftest import User, wait_for_line
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_template_runs_through_the_rest_api_and_bad_templates_are_import_errors(
+    user: User, tmp_path: Path
+) -> None:
+    ports = user.ports  # type: ignore[attr-defined]
+    templates = tmp_path / ".blaze" / "templates"
+    templates.mkdir(parents=True)
+    (templates / "broken.yaml").write_text(
+        "name: broken\nsteps:\n  - id: first\n    kind: teleport\n"
+    )
+    user.ok("stack", "up", "--with-airflow", timeout=400)
+    status = user.ok("stack", "status")
+    assert "airflow" in status and status.count("healthy") == 4
+    user.ok("models", "make-tiny", str(tmp_path / "models" / "tiny"))
+    user.start("worker", "--device", "cpu", "--dtype", "float32", log=tmp_path / "w.log")
+    user.start("consume", log=tmp_path / "c.log")
+    wait_for_line(tmp_path / "w.log", " ready.", 120)
+    wait_for_line(tmp_path / "c.log", "intake joined group", 90)
+
+    s3 = Minio(
+        f"127.0.0.1:{ports['s3_port']}",
+        access_key="blaze",
+        secret_key="blaze-secret-key",
+        secure=False,
+    )
+    rows = b'{"text": "hello", "custom_id": "a"}\n{"text": "world", "custom_id": "b"}\n'
+    s3.put_object("blaze-results", "e2e/inputs/q.jsonl", __import__("io").BytesIO(rows), len(rows))
+    run_id = user.ok(
+        "pipeline",
+        "run",
+        "bulk_llm",
+        "--param",
+        "input_key=e2e/inputs/q.jsonl",
+        "--param",
+        "model=tiny",
+        "--param",
+        "max_tokens=3",
+        "--wait",
+        "--timeout",
+        "240",
+        timeout=300,
+    ).splitlines()[0]
+    assert "success" in user.ok("pipeline", "status", run_id)
+    keys = [
+        o.object_name
+        for o in s3.list_objects("blaze-results", prefix="e2e/pipelines/bulk_llm/", recursive=True)
+    ]
+    assert len(keys) == 1 and str(keys[0]).endswith("/output.jsonl")
+    lines = s3.get_object("blaze-results", str(keys[0])).read().splitlines()
+    assert [json.loads(x)["custom_id"] for x in lines] == ["a", "b"]
+
+    # the broken template is an import error that names it; the others still run
+    api = AirflowClient(BlazeSettings(stack={"airflow_port": ports["airflow_port"]}))
+    deadline = time.monotonic() + 90
+    errors: list[str] = []
+    while time.monotonic() < deadline and not errors:
+        errors = [str(e.get("stack_trace")) for e in api.import_errors()]
+        time.sleep(2)
+    assert len(errors) == 1 and "broken.yaml, step 'first', field 'kind'" in errors[0]
+    assert "Traceback" not in errors[0]
+    assert {d["dag_id"] for d in api.pipelines()} >= {"bulk_llm", "screened_generation"}
+    bad = user.run("pipeline", "run", "bulk_llm", "--param", "nope=1")
+    assert bad.returncode == 2 and "unknown parameter 'nope'" in bad.stderr

@@ -92,3 +92,40 @@ def test_options_benchmark_runs_each_configuration_in_its_own_process() -> None:
         "diffusion/VAE tiling",
     }
     assert all(v["rate"] > 0 and v["peak_rss_mb"] > 0 for v in figures.values())
+
+
+def test_compare_benchmark_smoke_run(tiny_models: Path) -> None:
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "compare.py"),
+            "--model-dir",
+            str(tiny_models / "tiny"),
+            "--dtype",
+            "float32",
+            "--prompts",
+            "8",
+            "--batch",
+            "4",
+            "--new-tokens",
+            "3",
+            "--reps",
+            "1",
+            "--contenders",
+            "direct,blaze,naive",
+            "--latency-jobs",
+            "2",
+            "--latency-gap",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures = json.loads(res.stdout.strip().splitlines()[-1])
+    assert figures["blaze_over_direct"] > 0 and figures["blaze_over_naive"] > 0
+    assert figures["blaze_over_ray"] is None  # not asked for
+    assert set(figures["table"]) == {"direct 1x2", "direct 2x1", "blaze", "naive"}
+    assert figures["added_latency_p50_ms"] is not None

@@ -345,6 +345,7 @@ class Pipeline:
         with Client(self.settings) as client:
             client.submit_many([ping])  # producer connected before the clock starts
             client.wait([ping.job_id], timeout=600)
+            cpu0 = self.cpu()
             t0 = time.time()
             submitted: dict[str, float] = {}
             waited: dict[str, float] = {}
@@ -359,8 +360,9 @@ class Pipeline:
                 client.submit_many(jobs)
                 submitted = {j.job_id: t0 for j in jobs}
             ids = list(submitted)
-            client.wait(ids, timeout=3600, poll_s=0.05)
+            client.wait(ids, timeout=3600, poll_s=0.1)
             seconds = time.time() - t0
+            cpu = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in self.cpu().items()}
             docs = [client.result(j) for j in ids]
         tokens = sum(d.usage.completion_tokens for d in docs if d is not None)
         # A job is done when its result document is written (created_at, set by the worker).
@@ -369,6 +371,12 @@ class Pipeline:
             for d in docs
             if d is not None
         ]
+        if not gap:
+            print(
+                f"  cpu seconds during the run: {json.dumps(cpu)} (wall {seconds:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
         return {
             "jobs": len(ids),
             "tokens": tokens,
@@ -412,6 +420,22 @@ class Pipeline:
             "latencies": lat,
             "rss_mb": self.rss_mb(self.naive),
         }
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each part of the pipeline (for the profile line)."""
+        parts = {f"worker{i}": p.pid for i, p in enumerate(self.procs[:-1])}
+        parts["consumer"] = self.procs[-1].pid
+        parts.update({s.name: s.pid for s in self.stack.status() if s.pid})
+        parts["client (this process)"] = os.getpid()
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for name, pid in parts.items():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[name] = (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError, ValueError):
+                continue
+        return out
 
     @staticmethod
     def rss_mb(procs: list[Any]) -> float:
@@ -502,8 +526,20 @@ def main() -> None:
                     )
         # latency mode: the same prompts one at a time through Blaze, and alone on the engine
         latency = pipe.blaze(prompts[: args.latency_jobs], gap=args.latency_gap)
+        # alone on the engine with the threads one Blaze worker has: like for like
+        threads = max(1, 2 // args.blaze_workers)
         alone = run_children(
-            [spawn(args, "direct", threads=2, part=0, parts=1, prompts=args.latency_jobs, batch=1)]
+            [
+                spawn(
+                    args,
+                    "direct",
+                    threads=threads,
+                    part=0,
+                    parts=1,
+                    prompts=args.latency_jobs,
+                    batch=1,
+                )
+            ]
         )
     report(args, runs, latency, alone)
 

@@ -338,6 +338,9 @@ def make_consumer(settings: BlazeSettings, listener: ConsumerRebalanceListener) 
             session_timeout_ms=session,
             heartbeat_interval_ms=max(1000, session // 4),
             max_poll_interval_ms=300_000,
+            # The broker holds a fetch up to this long waiting for data; the default (500 ms)
+            # was most of the latency a lone job saw at low load.
+            fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
             **settings.kafka.client_config(),
         )
     except (NoBrokersAvailable, KafkaError, OSError) as exc:

@@ -147,9 +147,11 @@ class Client:
         done: dict[str, JobStatus] = {}
         pending = list(dict.fromkeys(job_ids))
         while True:
-            for jid, st in self.status(pending).items():
-                if st is not None and st.state.terminal:
-                    done[jid] = st
+            # Poll the state field alone (cheap); read whole statuses only of the jobs that
+            # ended, so waiting on thousands of jobs costs little CPU beside the workers.
+            ended = [j for j, st in self.status_store.states(pending).items() if st and st.terminal]
+            if ended:
+                done.update({j: st for j, st in self.status(ended).items() if st is not None})
             pending = [j for j in pending if j not in done]
             if progress:
                 progress(len(done), len(done) + len(pending))
@@ -180,11 +182,10 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = list(dict.fromkeys(job_ids))
         while pending:
-            ended = {
-                j: st
-                for j, st in self.status(pending).items()
-                if st is not None and st.state.terminal
-            }
+            finished = [
+                j for j, st in self.status_store.states(pending).items() if st and st.terminal
+            ]
+            ended = {j: st for j, st in self.status(finished).items() if st is not None}
             keys = [self.settings.result_key(j) for j in ended]
             docs = self.result_store.get_many(keys) if keys else {}
             for (jid, st), key in zip(ended.items(), keys, strict=True):

@@ -37,6 +37,9 @@ class KafkaSettings(_Group):
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=16)
     consumer_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+    fetch_max_wait_ms: int = Field(
+        default=20, ge=1, le=5000, description="intake: longest a fetch waits at the broker"
+    )
     status_events: bool = Field(
         default=True, description="publish every job state change to {namespace}.status"
     )

@@ -138,6 +138,10 @@ class StatusStore(Protocol):
 
     def get(self, job_ids: Iterable[str]) -> dict[str, JobStatus | None]: ...
 
+    def states(self, job_ids: Iterable[str]) -> dict[str, JobState | None]:
+        """Only the state of each job: the cheap call for polling many jobs."""
+        ...
+
     def open_group(self, group: str, total: int) -> None:
         """Declare a group of ``total`` jobs (before its jobs are queued)."""
         ...
@@ -246,6 +250,9 @@ class MemoryStatusStore:
 
     def get(self, job_ids: Iterable[str]) -> dict[str, JobStatus | None]:
         return {j: self.jobs.get(j) for j in job_ids}
+
+    def states(self, job_ids: Iterable[str]) -> dict[str, JobState | None]:
+        return {j: (st.state if (st := self.jobs.get(j)) else None) for j in job_ids}
 
     def reset(self, job_ids: Iterable[str]) -> None:
         with self._lock:
@@ -451,6 +458,17 @@ class RedisStatusStore:
         if callable(close):
             close()
         self.client.close()
+
+    def states(self, job_ids: Iterable[str]) -> dict[str, JobState | None]:
+        ids = list(job_ids)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for j in ids:
+                pipe.hget(self.prefix + j, "state")
+            rows = pipe.execute()
+        except redis.ConnectionError as exc:
+            raise self._unavailable(exc) from None
+        return {j: JobState(v.decode()) if v else None for j, v in zip(ids, rows, strict=True)}
 
     def open_group(self, group: str, total: int) -> None:
         key = self.group_prefix + group

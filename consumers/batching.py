@@ -1,4 +1,11 @@
-"""Micro-batching: per-key groups that leave on max size or once the oldest waited max wait."""
+"""Micro-batching: per-key groups that leave on max size or once the oldest waited max wait.
+
+One adaptation to the arrival rate: a partial batch whose items are still streaming in when
+its window ends gets up to one more window to fill, if at the rate they arrive it would be
+full by then. A burst (a file of jobs submitted at once, read by the consumer in pieces) then
+leaves as full batches instead of a partial one per poll, while a lone job at low load still
+leaves at the end of its window.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +26,19 @@ class _Open(Generic[T]):
     max_size: int
     max_wait_s: float
     items: list[T] = field(default_factory=list)
+    last_at: float = 0.0
+    deadline: float = 0.0
+    extended: bool = False
+
+    def still_filling(self, now: float) -> bool:
+        """Items arrive fast enough to fill the batch within one more window."""
+        if self.extended or len(self.items) < 2:
+            return False
+        quiet = now - self.last_at
+        if quiet > self.max_wait_s / 4:  # the stream has stopped
+            return False
+        rate = (len(self.items) - 1) / max(self.last_at - self.opened_at, 1e-6)
+        return (self.max_size - len(self.items)) / rate <= self.max_wait_s
 
 
 class Batcher(Generic[K, T]):
@@ -54,26 +74,36 @@ class Batcher(Generic[K, T]):
         (limits are per model).
         """
         batch = self._open.get(key)
+        now = self.clock()
         if batch is None:
             size, wait = max_size or self.max_size, max_wait_s or self.max_wait_s
-            batch = self._open[key] = _Open(self.clock(), size, wait)
+            batch = self._open[key] = _Open(now, size, wait, deadline=now + wait)
         batch.items.append(item)
+        batch.last_at = now
         if len(batch.items) >= batch.max_size:
             del self._open[key]
             return batch.items
         return None
 
     def due(self) -> list[tuple[K, list[T]]]:
-        """Remove and return every batch whose oldest item has waited max_wait_s."""
+        """Remove and return every batch whose window has ended (see the module docstring
+        for the one extension a still-filling batch gets)."""
         now = self.clock()
-        keys = [k for k, b in self._open.items() if now - b.opened_at >= b.max_wait_s]
+        keys = []
+        for k, b in self._open.items():
+            if now < b.deadline:
+                continue
+            if b.still_filling(now):
+                b.extended, b.deadline = True, b.deadline + b.max_wait_s
+                continue
+            keys.append(k)
         return [(k, self._open.pop(k).items) for k in keys]
 
     def seconds_to_next(self) -> float | None:
         """How long until the next partial batch is due; None when nothing is open."""
         if not self._open:
             return None
-        first = min(b.opened_at + b.max_wait_s for b in self._open.values())
+        first = min(b.deadline for b in self._open.values())
         return max(0.0, first - self.clock())
 
     def drain(self) -> list[tuple[K, list[T]]]:

@@ -127,6 +127,11 @@ class BlazeJobsOperator(_StepOperator):
             ids[0],
             ids[-1],
         )
+        # Short steps finish here: a deferral that resumes within seconds can be failed by a
+        # stale executor event (Airflow 3.3 issues #71580 and #72716).
+        event = wait_inline(settings, ids, settings.airflow.inline_wait_s)
+        if event is not None:
+            return self.execute_complete(context, event)
         self.defer(
             trigger=BlazeJobsTrigger(
                 job_ids=ids, namespace=settings.namespace, timeout_s=step.timeout_s
@@ -164,6 +169,32 @@ class BlazeJobsOperator(_StepOperator):
         results = [parse_result(raw[settings.result_key(j)] or b"") for j in ids]
         log.info("step %s: %d jobs succeeded", step.id, len(results))
         return job_outputs(step, results)
+
+
+def _event(job_ids: list[str], ended: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    failed = [[j, s, r] for j, (s, r) in ended.items() if s != JobState.SUCCEEDED.value]
+    return {
+        "status": "done",
+        "job_ids": job_ids,
+        "total": len(job_ids),
+        "failed_count": len(failed),
+        "failed": failed[:50],
+    }
+
+
+def wait_inline(settings: BlazeSettings, job_ids: list[str], wait_s: float) -> Any:
+    """Poll the jobs for up to ``wait_s`` in the task itself; the trigger's event if all ended."""
+    deadline = time.monotonic() + wait_s
+    with Client(settings) as client:
+        while True:
+            states = client.status_store.states(job_ids)
+            if all(st is not None and st.terminal for st in states.values()):
+                full = client.status(job_ids)
+                ended = {j: (st.state.value, st.reason) for j, st in full.items() if st}
+                return _event(job_ids, ended)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.5)
 
 
 class BlazeTransformOperator(_StepOperator):
@@ -219,8 +250,10 @@ class BlazeJobsTrigger(BaseTrigger):
         timeout_s: float,
         poll_s: float = 1.0,
         started: float | None = None,
+        min_fire_s: float = 5.0,
     ) -> None:
         super().__init__()
+        self.min_fire_s = min_fire_s
         self.job_ids = job_ids
         self.namespace = namespace
         self.timeout_s = timeout_s
@@ -236,6 +269,7 @@ class BlazeJobsTrigger(BaseTrigger):
                 "timeout_s": self.timeout_s,
                 "poll_s": self.poll_s,
                 "started": self.started,
+                "min_fire_s": self.min_fire_s,
             },
         )
 
@@ -261,19 +295,10 @@ class BlazeJobsTrigger(BaseTrigger):
                         if state is not None and JobState(state.decode()).terminal:
                             ended[job_id] = (state.decode(), (reason or b"").decode())
                 pending = [j for j in pending if j not in ended]
-                if not pending:
-                    failed = [
-                        [j, s, r] for j, (s, r) in ended.items() if s != JobState.SUCCEEDED.value
-                    ]
-                    yield TriggerEvent(
-                        {
-                            "status": "done",
-                            "job_ids": self.job_ids,
-                            "total": len(self.job_ids),
-                            "failed_count": len(failed),
-                            "failed": failed[:50],
-                        }
-                    )
+                # Not before min_fire_s: a resume racing the scheduler's stale event for the
+                # deferring attempt gets the task failed (Airflow 3.3 issue #72716).
+                if not pending and time.time() - self.started >= self.min_fire_s:
+                    yield TriggerEvent(_event(self.job_ids, ended))
                     return
                 if time.time() - self.started > self.timeout_s:
                     yield TriggerEvent(

@@ -136,6 +136,12 @@ class AirflowSettings(_Group):
     url: str | None = Field(default=None, description="http://host:port; unset = embedded")
     username: str = "blaze"
     password: SecretStr = SecretStr("blaze-airflow")
+    inline_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="a job step waits this long in its task before deferring to the triggerer",
+    )
 
 
 class BlazeSettings(BaseSettings):

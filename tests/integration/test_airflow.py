@@ -26,6 +26,7 @@ def blaze_env(settings: BlazeSettings, airflow_home: Path) -> Iterator[BlazeSett
     settings.registry_file.write_text("models:\n  screen-echo:\n    engine: echo\n")
     saved = dict(os.environ)
     os.environ.update(settings.to_env())
+    os.environ["BLAZE_AIRFLOW__INLINE_WAIT_S"] = "0"  # every job step defers to the trigger
     try:
         yield settings
     finally:

@@ -69,3 +69,30 @@ def test_revoked_partitions_are_forgotten() -> None:
     t.track("p1", 1)
     t.forget(["p0"])
     assert t.pending() == 1 and "p0" not in t.commit_points()
+
+
+def test_a_batch_still_filling_at_its_deadline_gets_one_more_window() -> None:
+    clock = Clock()
+    b: Batcher[str, int] = Batcher(16, 0.05, clock)
+    for i in range(9):  # a burst read in pieces: 9 items in the first 45 ms
+        b.add("m", i)
+        clock.now += 0.005
+    clock.now += 0.006  # the window ends while items still arrive every 5 ms
+    assert b.due() == [] and b.seconds_to_next() == pytest.approx(0.049)
+    for i in range(9, 15):
+        b.add("m", i)
+    assert b.add("m", 15) == list(range(16))  # left full, not as a partial batch of 9
+
+
+def test_extension_happens_once_and_never_for_a_lone_or_stopped_stream() -> None:
+    clock = Clock()
+    b: Batcher[str, int] = Batcher(16, 0.05, clock)
+    b.add("lone", 1)
+    clock.now += 0.05
+    assert b.due() == [("lone", [1])]  # low load: leaves at the end of its window
+    for i in range(4):
+        b.add("m", i)
+        clock.now += 0.012
+    assert b.due() == []  # extended: still streaming
+    clock.now += 0.05
+    assert b.due() == [("m", [0, 1, 2, 3])]  # the stream stopped; one extension at most

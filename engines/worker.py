@@ -529,7 +529,7 @@ def run_worker(
     name = f"{settings.namespace}-{device.replace(':', '')}@%h"
     batches = finalize_groups(Client(settings, status_store=status, result_store=store))
     runner = BatchRunner(
-        settings, store, status, cache, batches, f"{name.replace('%h', socket.gethostname())}"
+        settings, store, status, cache, batches, name.replace("%h", socket.gethostname())
     )
     app = worker_app(settings, runner)
     app.worker_main(

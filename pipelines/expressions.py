@@ -162,8 +162,6 @@ def _check(node: ast.AST) -> None:
             raise ExpressionError(f"calling {what!r} is not allowed (functions: {_fn_names()})")
         if node.keywords:
             raise ExpressionError("keyword arguments are not allowed")
-    if isinstance(node, ast.Name) and node.id in FUNCTIONS and node.id not in NAMES:
-        pass  # only valid as a call target; a bare function name fails when evaluated
 
 
 def _fn_names() -> str:

@@ -388,6 +388,15 @@ def response_body(url: str, doc: AnyResult, bucket: str) -> dict[str, Any]:
     }
 
 
+def success_line(
+    out_id: str, custom_id: str | None, url: str, doc: AnyResult, bucket: str
+) -> dict[str, Any]:
+    """An output-file line for a request whose job succeeded."""
+    body = response_body(url, doc, bucket)
+    response = {"status_code": 200, "request_id": doc.job_id, "body": body}
+    return {"id": out_id, "custom_id": custom_id, "response": response, "error": None}
+
+
 def _error_line(
     out_id: str, custom_id: str | None, request_id: str | None, err: RequestError
 ) -> dict[str, Any]:
@@ -697,15 +706,8 @@ class BatchService:
         raw = docs.get(self.settings.result_key(job_id))
         doc = parse_result(raw) if raw is not None else None
         if doc is not None and doc.status == "succeeded":
-            body = response_body(row["url"], doc, self.settings.s3.bucket)
-            response = {"status_code": 200, "request_id": job_id, "body": body}
-            line = {
-                "id": out_id,
-                "custom_id": row["custom_id"],
-                "response": response,
-                "error": None,
-            }
-            return line, "output"
+            bucket = self.settings.s3.bucket
+            return success_line(out_id, row["custom_id"], row["url"], doc, bucket), "output"
         err = _job_error(statuses.get(job_id), doc, expired)
         return _error_line(out_id, row["custom_id"], job_id, err), "errors"
 

@@ -19,7 +19,7 @@ from pipelines.client import Client
 from pipelines.errors import BlazeError, InvalidJob
 from pipelines.expressions import ExpressionError, evaluate, parse, text_template
 from pipelines.jobs import AnyJob, validate_job
-from pipelines.openai_batch import response_body
+from pipelines.openai_batch import ENDPOINTS, success_line
 from pipelines.results import AnyResult, DiffusionResult, EmbedResult, LLMResult, parse_result
 from pipelines.templates import (
     AnyStep,
@@ -286,29 +286,17 @@ def _openai_output(ctx: RunContext, step: OpenAIOutputStep, client: Client) -> d
     if len(items) != len(ids):
         raise ctx.fail(step, f"foreach gave {len(items)} items for {len(ids)} jobs")
     raw = client.result_store.get_many([client.settings.result_key(j) for j in ids])
-    url = "/v1/chat/completions" if ctx.template.step(step.source).kind == "llm" else ""
-    url = (
-        url
-        or {"diffusion": "/v1/images/generations", "embed": "/v1/embeddings"}[
-            ctx.template.step(step.source).kind
-        ]
-    )
+    url = {v: k for k, v in ENDPOINTS.items() if k != "/v1/completions"}[
+        ctx.template.step(step.source).kind
+    ]
+    bucket = client.settings.s3.bucket
     lines = []
     for i, (job_id, item) in enumerate(zip(ids, items, strict=True)):
         custom_id = str(ctx.expr(step, "custom_id", step.custom_id, item=item, index=i))
         data = raw.get(client.settings.result_key(job_id))
         doc = parse_result(data) if data is not None else None
         if doc is not None and doc.status == "succeeded":
-            body = response_body(url, doc, client.settings.s3.bucket)
-            response = {"status_code": 200, "request_id": job_id, "body": body}
-            lines.append(
-                {
-                    "id": f"batch_req_{job_id}",
-                    "custom_id": custom_id,
-                    "response": response,
-                    "error": None,
-                }
-            )
+            lines.append(success_line(f"batch_req_{job_id}", custom_id, url, doc, bucket))
         else:
             why = doc.error if doc is not None else "no result"
             lines.append(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from pipelines.settings import BlazeSettings
 from pipelines.storage import ObjectInfo, ResultStore
@@ -51,7 +50,7 @@ def sweep(
             groups.setdefault(root + ident + "/", []).append(obj)
         doomed: list[ObjectInfo] = []
         for prefix, objs in groups.items():
-            if max(_ts(o.modified) for o in objs) >= cutoff:
+            if max(o.modified.timestamp() for o in objs) >= cutoff:
                 continue
             if area == "openai-batches" and _still_open(store, prefix + "batch.json"):
                 report.kept_open_batches += 1
@@ -63,10 +62,6 @@ def sweep(
         if doomed and not dry_run:
             store.delete_many([o.key for o in doomed])
     return report
-
-
-def _ts(when: datetime) -> float:
-    return when.timestamp()
 
 
 def _still_open(store: ResultStore, key: str) -> bool:

@@ -281,15 +281,15 @@ class MemoryStatusStore:
 # -- the Redis store ---------------------------------------------------------------------------
 # The rule of _advance, atomically in Redis. KEYS[1] = the job's hash. ARGV = state, rank,
 # time, reason, ttl, mode ('set' | 'claim' | 'cancel'), group, kind, group key prefix.
-# Returns {moved, state, attempts, group_done}. Group keys are derived inside the script
-# (fine on one Redis/Valkey node, not on Redis Cluster).
+# Returns {moved, state, attempts, the group this update completed or nil}. Group keys are
+# derived inside the script (fine on one Redis/Valkey node, not on Redis Cluster).
 _ADVANCE_LUA = """
 local job = KEYS[1]
 local cur = tonumber(redis.call('HGET', job, 'rank') or '-1')
 local mode = ARGV[6]
 local function attempts() return tonumber(redis.call('HGET', job, 'attempts') or '0') end
 if (mode == 'claim' and cur == 3) or (mode == 'cancel' and (cur < 0 or cur >= 2)) then
-  return {0, redis.call('HGET', job, 'state'), attempts(), 0}
+  return {0, redis.call('HGET', job, 'state'), attempts(), false}
 end
 redis.call('HSETNX', job, 't_' .. ARGV[1], ARGV[3])
 if ARGV[7] ~= '' then redis.call('HSETNX', job, 'group', ARGV[7]) end
@@ -297,7 +297,7 @@ if ARGV[8] ~= '' then redis.call('HSETNX', job, 'kind', ARGV[8]) end
 if ARGV[1] == 'running' then redis.call('HINCRBY', job, 'attempts', 1) end
 if ARGV[1] == 'batched' then redis.call('HINCRBY', job, 'dispatches', 1) end
 local rank = tonumber(ARGV[2])
-local moved, done = 0, 0
+local moved, done = 0, false
 if rank > cur or (rank == cur and cur < 3) then
   moved = 1
   redis.call('HSET', job, 'state', ARGV[1], 'rank', ARGV[2], 'updated_at', ARGV[3],
@@ -308,7 +308,7 @@ if rank > cur or (rank == cur and cur < 3) then
     if redis.call('SADD', gk .. ':done', job) == 1 then
       redis.call('HINCRBY', gk, ARGV[1], 1)
       local total = tonumber(redis.call('HGET', gk, 'total') or '-1')
-      if redis.call('SCARD', gk .. ':done') == total then done = 1 end
+      if redis.call('SCARD', gk .. ':done') == total then done = group end
     end
   end
 end
@@ -382,10 +382,8 @@ class RedisStatusStore:
         for (up, _), row in zip(calls, rows, strict=True):
             if row[0]:
                 applied.moved.append(up)
-            if row[3]:
-                group: bytes | None = self.client.hget(self.prefix + up.job_id, "group")  # type: ignore[assignment]
-                if group:
-                    applied.groups_done.add(group.decode())
+            if len(row) > 3 and row[3]:
+                applied.groups_done.add(row[3].decode())
         if self.events is not None and applied.moved:
             self.events(applied.moved)
         return rows, applied

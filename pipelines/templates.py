@@ -188,20 +188,6 @@ class OpenAIOutputStep(_Step):
     custom_id: str = "str(index)"
 
 
-Step = Annotated[
-    LLMStep
-    | DiffusionStep
-    | EmbedStep
-    | ReadJsonlStep
-    | SplitLinesStep
-    | FormatStep
-    | FilterStep
-    | BranchStep
-    | ReportStep
-    | ContactSheetStep
-    | OpenAIOutputStep,
-    Field(discriminator="kind"),
-]
 AnyStep = (
     LLMStep
     | DiffusionStep
@@ -215,6 +201,7 @@ AnyStep = (
     | ContactSheetStep
     | OpenAIOutputStep
 )
+Step = Annotated[AnyStep, Field(discriminator="kind")]
 JOB_STEPS = ("llm", "diffusion", "embed")
 OUTPUT_FIELDS: dict[str, tuple[str, ...]] = {
     "llm": ("texts", "text", "job_ids"),

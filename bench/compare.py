@@ -13,18 +13,23 @@ them), the same settings (``--new-tokens`` greedy tokens, batch size ``--batch``
    of worker processes, results through Celery's Redis backend.
 4. ``ray``: Ray Data ``map_batches`` with the same engine and batch size, in its better layout
    (one actor with two threads, or two actors with one thread each). Needs ``pip install
-   'ray[data]'`` (an optional bench dependency); skipped otherwise.
+   'ray[data]'`` (an optional bench dependency); skipped otherwise. Ray itself is started
+   beforehand (as Blaze's stack and workers are), but each run starts its actors and loads the
+   model in each, as every Ray Data run does: ``ray`` times the run from the call, ``ray ...
+   warm`` from its first batch (start-up excluded).
 
 Contenders are interleaved over ``--reps`` rounds so machine drift hits all alike; each figure
-is the median. Model loading and warm-up are outside the timed part for every contender. Then a
-latency mode: ``--latency-jobs`` jobs one at a time, ``--latency-gap`` seconds apart; the added
-latency of the pipeline over the direct call, against the configured max batch wait.
+is the median. Model loading and warm-up are outside the timed part for direct, Blaze and naive
+(their processes outlive a run). Then a latency mode: ``--latency-jobs`` jobs one at a time,
+``--latency-gap`` seconds apart, each preceded by the same prompt alone on the engine in a
+separate process: the added latency of the pipeline over the engine call inside the worker, and
+over the call alone, against the configured max batch wait.
 
 Prints a table (jobs/s, tokens/s, p50/p95 job latency, peak RSS) and, as the last line, one
-JSON object with ``blaze_over_direct``, ``blaze_over_naive``, ``blaze_over_ray`` and the
-latency figures.
+JSON object with ``blaze_over_direct``, ``blaze_over_naive``, ``blaze_over_ray``
+(``blaze_over_ray_warm``) and the latency figures.
 
-    .venv/bin/python bench/compare.py                          # the full comparison (~30 min)
+    .venv/bin/python bench/compare.py                          # the full comparison (~35 min)
     .venv/bin/python bench/compare.py --prompts 16 --reps 1 --model-dir DIR   # a smoke run
 """
 
@@ -127,6 +132,19 @@ def child_direct(args: argparse.Namespace) -> None:
     )
 
 
+def child_serve(args: argparse.Namespace) -> None:
+    """The engine alone, one prompt per call on request: reads a prompt index per line and
+    answers with the call's seconds (the latency mode's direct call, interleaved with Blaze)."""
+    engine = make_engine(args.model_dir, args.dtype, args.threads)
+    work = jobs_for(engine, load_prompts(args.prompts), args.new_tokens)
+    engine.run(work[:1])
+    print("ready", flush=True)
+    for line in sys.stdin:
+        t0 = time.perf_counter()
+        engine.run([work[int(line)]])
+        print(time.perf_counter() - t0, flush=True)
+
+
 def child_ray(args: argparse.Namespace) -> None:
     import ray
 
@@ -153,21 +171,24 @@ def child_ray(args: argparse.Namespace) -> None:
     warm.map_batches(Generate, batch_size=2, concurrency=actors, num_cpus=2 / actors).take_all()
     print("ready", flush=True)
     sys.stdin.readline()
+    # Ray is up (as Blaze's stack is); a run starts its actors and loads the model in each,
+    # which a Ray Data user pays on every run. "warm" times from the first batch instead.
+    t_call = time.time()
     ds = ray.data.from_items([{"prompt": p} for p in prompts])
     rows = ds.map_batches(
         Generate, batch_size=args.batch, concurrency=actors, num_cpus=2 / actors
     ).take_all()
-    # Each map_batches call starts fresh actors (and loads the model in each): time from the
-    # first batch's start to the last batch's end so start-up is excluded, as for the others.
-    t0 = min(r["started"] for r in rows)
-    seconds = max(r["done"] for r in rows) - t0
+    t_first = min(r["started"] for r in rows)
+    t_last = max(r["done"] for r in rows)
     print(
         json.dumps(
             {
                 "jobs": len(rows),
                 "tokens": sum(r["tokens"] for r in rows),
-                "seconds": seconds,
-                "latencies": [r["done"] - t0 for r in rows],
+                "seconds": t_last - t_call,
+                "warm_seconds": t_last - t_first,
+                "latencies": [r["done"] - t_call for r in rows],
+                "warm_latencies": [r["done"] - t_first for r in rows],
                 "rss_mb": peak_rss_mb(),
             }
         ),
@@ -250,6 +271,14 @@ def run_children(procs: list[subprocess.Popen[str]]) -> dict[str, Any]:
         "latencies": [x for o in outs for x in o["latencies"]],
         "calls": [x for o in outs for x in o.get("calls", [])],
         "rss_mb": sum(o["rss_mb"] for o in outs),
+        **(
+            {
+                "warm_seconds": max(o["warm_seconds"] for o in outs),
+                "warm_latencies": [x for o in outs for x in o["warm_latencies"]],
+            }
+            if all("warm_seconds" in o for o in outs)
+            else {}
+        ),
     }
 
 
@@ -329,11 +358,10 @@ class Pipeline:
                 sys.exit(f"compare: {log.name} never said {text!r}:\n{log.read_text()[-2000:]}")
             time.sleep(0.2)
 
-    def blaze(self, prompts: list[str], gap: float = 0.0) -> dict[str, Any]:
-        from pipelines.client import Client
+    def _jobs(self, prompts: list[str]) -> list[Any]:
         from pipelines.jobs import ChatMessage, LLMJob
 
-        jobs = [
+        return [
             LLMJob(
                 model=self.model,
                 messages=[ChatMessage(role="user", content=p)],
@@ -341,49 +369,72 @@ class Pipeline:
             )
             for p in prompts
         ]
+
+    def _client(self) -> Any:
+        """A client whose producer is connected (one job through) before any clock starts."""
+        from pipelines.client import Client
+        from pipelines.jobs import LLMJob
+
+        client = Client(self.settings)
         ping = LLMJob(model=self.model, prompt="ping", max_new_tokens=1)
-        with Client(self.settings) as client:
-            client.submit_many([ping])  # producer connected before the clock starts
-            client.wait([ping.job_id], timeout=600)
+        client.submit_many([ping])
+        client.wait([ping.job_id], timeout=600)
+        return client
+
+    def blaze(self, prompts: list[str]) -> dict[str, Any]:
+        """Every prompt submitted at once; timed from the first submit to the last result."""
+        jobs = self._jobs(prompts)
+        with self._client() as client:
             cpu0 = self.cpu()
             t0 = time.time()
-            submitted: dict[str, float] = {}
-            waited: dict[str, float] = {}
-            if gap:  # one job at a time: submit, wait until its state says succeeded
-                for job in jobs:
-                    submitted[job.job_id] = time.time()
-                    client.submit_many([job])
-                    client.wait([job.job_id], timeout=600, poll_s=0.005)
-                    waited[job.job_id] = time.time() - submitted[job.job_id]
-                    time.sleep(gap)
-            else:
-                client.submit_many(jobs)
-                submitted = {j.job_id: t0 for j in jobs}
-            ids = list(submitted)
+            client.submit_many(jobs)
+            ids = [j.job_id for j in jobs]
             client.wait(ids, timeout=3600, poll_s=0.1)
             seconds = time.time() - t0
             cpu = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in self.cpu().items()}
-            docs = [client.result(j) for j in ids]
-        tokens = sum(d.usage.completion_tokens for d in docs if d is not None)
-        # A job is done when its result document is written (created_at, set by the worker).
-        lat = [
-            waited.get(d.job_id, d.created_at.timestamp() - submitted[d.job_id])
-            for d in docs
-            if d is not None
-        ]
-        if not gap:
-            print(
-                f"  cpu seconds during the run: {json.dumps(cpu)} (wall {seconds:.1f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
+            docs = [d for d in (client.result(j) for j in ids) if d is not None]
+        print(
+            f"  cpu seconds during the run: {json.dumps(cpu)} (wall {seconds:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
         return {
             "jobs": len(ids),
-            "tokens": tokens,
+            "tokens": sum(d.usage.completion_tokens for d in docs),
             "seconds": seconds,
-            "latencies": lat,
+            # a job is done when its result document is written (created_at, set by the worker)
+            "latencies": [d.created_at.timestamp() - t0 for d in docs],
             "rss_mb": self.rss_mb(self.procs),
         }
+
+    def latency(self, prompts: list[str], gap: float) -> dict[str, list[float]]:
+        """Jobs one at a time, ``gap`` seconds apart, each also run alone on the engine in a
+        separate process just before it (interleaved, so drift hits both alike)."""
+        threads = max(1, 2 // self.args.blaze_workers)  # what one Blaze worker has
+        direct = spawn(self.args, "serve", threads=threads, prompts=len(prompts))
+        assert direct.stdin is not None and direct.stdout is not None
+        if direct.stdout.readline().strip() != "ready":
+            raise RuntimeError("the direct engine process failed to start")
+        out: dict[str, list[float]] = {"e2e": [], "in_worker": [], "direct": [], "queued": []}
+        with self._client() as client:
+            for i, prompt in enumerate(prompts):
+                direct.stdin.write(f"{i}\n")
+                direct.stdin.flush()
+                out["direct"].append(float(direct.stdout.readline()))
+                time.sleep(gap / 2)
+                job = self._jobs([prompt])[0]  # stamped submitted_at now
+                t0 = time.time()
+                client.submit_many([job])
+                client.wait([job.job_id], timeout=600, poll_s=0.005)
+                out["e2e"].append(time.time() - t0)
+                doc = client.result(job.job_id)
+                assert doc is not None and doc.status == "succeeded", doc
+                out["in_worker"].append(doc.timings["compute_s"])  # the engine call, in the worker
+                out["queued"].append(doc.timings["queue_wait_s"])  # submit to the engine call
+                time.sleep(gap / 2)
+        direct.stdin.close()
+        direct.wait(60)
+        return out
 
     def start_naive(self) -> None:
         redis = self.settings.redis_url.replace("/0", "/1")
@@ -486,9 +537,13 @@ def main() -> None:
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.child:
-        {"direct": child_direct, "ray": child_ray, "naive-worker": child_naive_worker}[args.child](
-            args
-        )
+        children = {
+            "direct": child_direct,
+            "serve": child_serve,
+            "ray": child_ray,
+            "naive-worker": child_naive_worker,
+        }
+        children[args.child](args)
         return
     wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = set(wanted) - {"direct", "blaze", "naive", "ray"}
@@ -518,6 +573,8 @@ def main() -> None:
                         got = run_direct(args, layout)
                     else:
                         got = run_ray(args, layout)
+                        warm = {"seconds": got["warm_seconds"], "latencies": got["warm_latencies"]}
+                        runs.setdefault(f"{key} warm", []).append({**got, **warm})
                     runs.setdefault(key, []).append(got)
                     print(
                         f"[round {rep + 1}] {key}: {got['jobs'] / got['seconds']:.2f} jobs/s",
@@ -525,30 +582,14 @@ def main() -> None:
                         flush=True,
                     )
         # latency mode: the same prompts one at a time through Blaze, and alone on the engine
-        latency = pipe.blaze(prompts[: args.latency_jobs], gap=args.latency_gap)
-        # alone on the engine with the threads one Blaze worker has: like for like
-        threads = max(1, 2 // args.blaze_workers)
-        alone = run_children(
-            [
-                spawn(
-                    args,
-                    "direct",
-                    threads=threads,
-                    part=0,
-                    parts=1,
-                    prompts=args.latency_jobs,
-                    batch=1,
-                )
-            ]
-        )
-    report(args, runs, latency, alone)
+        latency = pipe.latency(prompts[: args.latency_jobs], args.latency_gap)
+    report(args, runs, latency)
 
 
 def report(
     args: argparse.Namespace,
     runs: dict[str, list[dict[str, Any]]],
-    latency: dict[str, Any],
-    alone: dict[str, Any],
+    latency: dict[str, list[float]],
 ) -> None:
     rows = {}
     for key, got in runs.items():
@@ -560,17 +601,21 @@ def report(
             "rss_mb": max(g["rss_mb"] for g in got),
         }
     print(
-        f"{'contender':<12}{'jobs/s':>9}{'tokens/s':>10}{'p50 s':>8}{'p95 s':>8}{'RSS MB':>9}"
+        f"{'contender':<15}{'jobs/s':>9}{'tokens/s':>10}{'p50 s':>8}{'p95 s':>8}{'RSS MB':>9}"
         f"   (median of {args.reps}, {args.prompts} prompts, batch {args.batch})"
     )
     for key, r in rows.items():
         print(
-            f"{key:<12}{r['jobs_per_s']:>9.2f}{r['tokens_per_s']:>10.1f}{r['p50_s']:>8.2f}"
+            f"{key:<15}{r['jobs_per_s']:>9.2f}{r['tokens_per_s']:>10.1f}{r['p50_s']:>8.2f}"
             f"{r['p95_s']:>8.2f}{r['rss_mb']:>9.0f}"
         )
 
-    def best(name: str) -> float | None:
-        found = [r["jobs_per_s"] for k, r in rows.items() if k.split()[0] == name]
+    def best(name: str, warm: bool = False) -> float | None:
+        found = [
+            r["jobs_per_s"]
+            for k, r in rows.items()
+            if k.split()[0] == name and k.endswith(" warm") == warm
+        ]
         return max(found) if found else None
 
     blaze = best("blaze") or 0.0
@@ -578,21 +623,37 @@ def report(
         f"blaze_over_{name}": (round(blaze / b, 3) if (b := best(name)) else None)
         for name in ("direct", "naive", "ray")
     }
-    # added latency per job: through Blaze minus the same prompt alone on the engine
-    added = [b - a for b, a in zip(latency["latencies"], alone["calls"], strict=False)]
+    ray_warm = best("ray", warm=True)
+    ratios["blaze_over_ray_warm"] = round(blaze / ray_warm, 3) if ray_warm else None
+    # What the pipeline adds to a lone job: end to end minus the engine call inside the worker,
+    # and minus the same call made alone in a separate process just before (which also holds
+    # the machine's call-to-call noise).
+    e2e, in_worker, direct = latency["e2e"], latency["in_worker"], latency["direct"]
+    added = [a - b for a, b in zip(e2e, in_worker, strict=True)]
+    over_direct = [a - b for a, b in zip(e2e, direct, strict=True)]
+    ms = {
+        "added_latency_p50_ms": pct(added, 0.5) * 1000,
+        "added_latency_p95_ms": pct(added, 0.95) * 1000,
+        "added_over_direct_process_p50_ms": pct(over_direct, 0.5) * 1000,
+        "added_over_direct_process_p95_ms": pct(over_direct, 0.95) * 1000,
+        "queued_p50_ms": pct(latency["queued"], 0.5) * 1000,
+        "max_wait_ms": args.max_wait * 1000,
+    }
     print(
-        f"\nlatency mode ({len(added)} jobs, one every {args.latency_gap}s): engine alone p50 "
-        f"{pct(alone['calls'], 0.5):.3f}s; through Blaze p50 {pct(latency['latencies'], 0.5):.3f}"
-        f"s; added p50 {pct(added, 0.5) * 1000:.0f} ms, p95 {pct(added, 0.95) * 1000:.0f} ms "
-        f"(max wait {args.max_wait * 1000:.0f} ms)"
+        f"\nlatency mode ({len(added)} jobs, one every {args.latency_gap}s, max wait "
+        f"{ms['max_wait_ms']:.0f} ms): engine call p50 {pct(direct, 0.5):.3f} s alone, "
+        f"{pct(in_worker, 0.5):.3f} s in the worker; through Blaze p50 {pct(e2e, 0.5):.3f} s.\n"
+        f"added over the call in the worker: p50 {ms['added_latency_p50_ms']:.0f} ms, p95 "
+        f"{ms['added_latency_p95_ms']:.0f} ms (submit to engine call p50 "
+        f"{ms['queued_p50_ms']:.0f} ms); over the call alone in another process: p50 "
+        f"{ms['added_over_direct_process_p50_ms']:.0f} ms, p95 "
+        f"{ms['added_over_direct_process_p95_ms']:.0f} ms"
     )
     print(
         json.dumps(
             {
                 **ratios,
-                "added_latency_p50_ms": round(pct(added, 0.5) * 1000, 1),
-                "added_latency_p95_ms": round(pct(added, 0.95) * 1000, 1),
-                "max_wait_ms": round(args.max_wait * 1000, 1),
+                **{k: round(v, 1) for k, v in ms.items()},
                 "table": {k: {m: round(v, 3) for m, v in r.items()} for k, r in rows.items()},
             }
         )

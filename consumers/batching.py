@@ -1,10 +1,16 @@
 """Micro-batching: per-key groups that leave on max size or once the oldest waited max wait.
 
-One adaptation to the arrival rate: a partial batch whose items are still streaming in when
-its window ends gets up to one more window to fill, if at the rate they arrive it would be
-full by then. A burst (a file of jobs submitted at once, read by the consumer in pieces) then
-leaves as full batches instead of a partial one per poll, while a lone job at low load still
-leaves at the end of its window.
+Two adaptations to the arrival rate:
+
+- A partial batch whose items are still streaming in when its window ends gets up to one more
+  window to fill, if at the rate they arrive it would be full by then. A burst (a file of jobs
+  submitted at once, read by the consumer in pieces) then leaves as full batches instead of a
+  partial one per poll.
+- A partial batch nothing has joined for ``quiet_s`` may leave before its window ends, if the
+  caller says it can start at once (a worker queue for it is empty). At low load a lone job
+  then waits ``quiet_s`` instead of the whole window; under load queues are not empty and
+  batches fill as before. ``quiet_s`` must exceed the gaps between the pieces in which the
+  consumer reads one burst, or a burst's first piece leaves alone.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class _Open(Generic[T]):
     last_at: float = 0.0
     deadline: float = 0.0
     extended: bool = False
+    refused_early: bool = False  # asked once whether it may leave early; the answer was no
 
     def still_filling(self, now: float) -> bool:
         """Items arrive fast enough to fill the batch within one more window."""
@@ -48,18 +55,27 @@ class Batcher(Generic[K, T]):
         max_size: A batch leaves as soon as it holds this many items.
         max_wait_s: A partial batch leaves once its oldest item has waited this long.
         clock: Monotonic time source; tests inject a fake one so they never sleep.
+        quiet_s: A partial batch nothing joined for this long may leave early (see ``due``);
+            0 turns early leaving off.
     """
 
     def __init__(
-        self, max_size: int, max_wait_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        max_size: int,
+        max_wait_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        quiet_s: float = 0.0,
     ) -> None:
         if max_size < 1:
             raise ConfigError(f"batch max_size must be >= 1, got {max_size}")
         if max_wait_s <= 0:
             raise ConfigError(f"batch max_wait_s must be > 0, got {max_wait_s}")
+        if quiet_s < 0:
+            raise ConfigError(f"batch quiet_s must be >= 0, got {quiet_s}")
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self.clock = clock
+        self.quiet_s = quiet_s
         self._open: dict[K, _Open[T]] = {}
 
     def __len__(self) -> int:
@@ -79,19 +95,29 @@ class Batcher(Generic[K, T]):
             size, wait = max_size or self.max_size, max_wait_s or self.max_wait_s
             batch = self._open[key] = _Open(now, size, wait, deadline=now + wait)
         batch.items.append(item)
-        batch.last_at = now
+        batch.last_at, batch.refused_early = now, False
         if len(batch.items) >= batch.max_size:
             del self._open[key]
             return batch.items
         return None
 
-    def due(self) -> list[tuple[K, list[T]]]:
+    def due(self, can_start: Callable[[T], bool] | None = None) -> list[tuple[K, list[T]]]:
         """Remove and return every batch whose window has ended (see the module docstring
-        for the one extension a still-filling batch gets)."""
+        for the one extension a still-filling batch gets).
+
+        With ``can_start``, a batch nothing joined for ``quiet_s`` also leaves if
+        ``can_start(first item)`` says so; it is asked once per quiet spell, so a busy
+        pipeline is not asked again on every poll.
+        """
         now = self.clock()
         keys = []
         for k, b in self._open.items():
             if now < b.deadline:
+                if self._quiet(b, now) and can_start is not None:
+                    if can_start(b.items[0]):
+                        keys.append(k)
+                    else:
+                        b.refused_early = True
                 continue
             if b.still_filling(now):
                 b.extended, b.deadline = True, b.deadline + b.max_wait_s
@@ -99,12 +125,18 @@ class Batcher(Generic[K, T]):
             keys.append(k)
         return [(k, self._open.pop(k).items) for k in keys]
 
+    def _quiet(self, b: _Open[T], now: float) -> bool:
+        return bool(self.quiet_s) and not b.refused_early and now - b.last_at >= self.quiet_s
+
     def seconds_to_next(self) -> float | None:
-        """How long until the next partial batch is due; None when nothing is open."""
+        """How long until the next partial batch is due, or may leave early; None when
+        nothing is open."""
         if not self._open:
             return None
-        first = min(b.deadline for b in self._open.values())
-        return max(0.0, first - self.clock())
+        times = [b.deadline for b in self._open.values()]
+        if self.quiet_s:
+            times += [b.last_at + self.quiet_s for b in self._open.values() if not b.refused_early]
+        return max(0.0, min(times) - self.clock())
 
     def drain(self) -> list[tuple[K, list[T]]]:
         """Remove and return every open batch (on shutdown or partition revocation)."""

@@ -117,6 +117,12 @@ class Router:
             devices = [d for d in devices if d in self.only]
         return [self.settings.queue(kind, d) for d in devices]
 
+    def has_empty_queue(self, kind: str, model: str) -> bool:
+        """Whether a queue for this model holds no waiting batch (a batch sent now starts as
+        soon as a worker of that queue is free; at low load, at once)."""
+        queues = self.queues_for(kind, model)
+        return bool(queues) and min(self.depth.depth(queues).values()) == 0
+
     def choose(self, kind: str, model: str) -> str | None:
         """The queue for the next batch, or None when every candidate is full."""
         queues = self.queues_for(kind, model)

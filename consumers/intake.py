@@ -170,7 +170,7 @@ class Intake:
         self.registry = registry
         self.clock = clock
         self.batcher: Batcher[tuple[object, ...], Entry] = Batcher(
-            settings.batch.max_size, settings.batch.max_wait_s, clock
+            settings.batch.max_size, settings.batch.max_wait_s, clock, settings.batch.quiet_s
         )
         self.ready: deque[list[Entry]] = deque()
         self.offsets = OffsetTracker()
@@ -204,9 +204,13 @@ class Intake:
                     self.ready.append(batch)
         if letters:
             self._dead_letter(letters)
-        self.ready.extend(batch for _, batch in self.batcher.due())
+        self.ready.extend(batch for _, batch in self.batcher.due(self._can_start))
         self._pump()
         self.commit()
+
+    def _can_start(self, first: Entry) -> bool:
+        """A quiet partial batch may leave early only if nothing waits ahead of it."""
+        return not self.ready and self.router.has_empty_queue(first.job.kind, first.job.model)
 
     def _parse(self, rec: Record) -> AnyJob | DeadLetter:
         kind = self._kinds.get(rec.topic, "unknown")

@@ -113,6 +113,16 @@ class BatchSettings(_Group):
 
     max_size: int = Field(default=16, ge=1, le=1024)
     max_wait_s: float = Field(default=0.5, gt=0, le=600)
+    quiet_s: float = Field(
+        default=0.03,
+        ge=0,
+        le=600,
+        description=(
+            "a partial batch nothing joined for this long leaves before max_wait_s if a worker "
+            "queue for it is empty (0: always wait the window); keep it above the gaps between "
+            "the pieces in which the consumer reads one burst (12-26 ms measured on Tansu)"
+        ),
+    )
     max_queued_batches: int = Field(
         default=4, ge=1, le=10_000, description="backpressure: batches waiting per worker queue"
     )

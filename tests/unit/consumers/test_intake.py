@@ -217,3 +217,23 @@ def test_diffusion_jobs_batch_only_with_compatible_settings() -> None:
     clock.now = 1.0
     intake.step()
     assert [j["job_id"] for j in disp.sent[1][1]["jobs"]] == ["b"]
+
+
+def test_a_lone_job_leaves_after_the_quiet_time_when_its_queue_is_empty() -> None:
+    settings = BlazeSettings(batch={"max_size": 3, "max_wait_s": 0.5, "quiet_s": 0.03})
+    src = FakeSource([recs([job("a", "tiny2")]), {}, recs([job("b", "tiny2")]), {}])
+    clock = Clock()
+    intake, disp, _, _ = make(settings, src, clock)
+    intake.step()
+    assert disp.sent == []
+    clock.now = 0.03  # nothing joined for 30 ms and the cpu queue is empty: no point waiting
+    intake.step()
+    assert [[j["job_id"] for j in p["jobs"]] for _, p in disp.sent] == [["a"]]
+    clock.now = 0.1
+    intake.step()  # "b" arrives while "a" still waits in the queue (no worker took it)
+    clock.now = 0.2
+    intake.step()
+    assert len(disp.sent) == 1  # so "b" waits for mates for its whole window
+    clock.now = 0.6
+    intake.step()
+    assert [[j["job_id"] for j in p["jobs"]] for _, p in disp.sent] == [["a"], ["b"]]

@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -93,6 +94,14 @@ def jobs_for(engine: Any, prompts: list[str], new_tokens: int) -> list[Any]:
         )
         for i, p in enumerate(prompts)
     ]
+
+
+def batch_sizes(per_job: list[int]) -> list[int]:
+    """The engine calls behind a run, from each job's batch size (n jobs of size n = 1 call)."""
+    count: dict[int, int] = {}
+    for n in per_job:
+        count[n] = count.get(n, 0) + 1
+    return [n for n in sorted(count, reverse=True) for _ in range(count[n] // n)]
 
 
 def peak_rss_mb() -> float:
@@ -324,6 +333,14 @@ class Pipeline:
         self.naive: list[subprocess.Popen[str]] = []
 
     def __enter__(self) -> Pipeline:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
         self.stack.up()
         cli = [sys.executable, "-m", "pipelines.cli"]
         logs = self.tmp / "logs"
@@ -349,7 +366,6 @@ class Pipeline:
             )
         self._wait(clog, "intake joined group")
         self.blaze([f"warm up {i}" for i in range(2 * self.args.blaze_workers)])
-        return self
 
     def _wait(self, log: Path, text: str) -> None:
         deadline = time.monotonic() + 300
@@ -393,8 +409,10 @@ class Pipeline:
             seconds = time.time() - t0
             cpu = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in self.cpu().items()}
             docs = [d for d in (client.result(j) for j in ids) if d is not None]
+        calls = batch_sizes([int(d.provenance["batch_size"]) for d in docs])
         print(
-            f"  cpu seconds during the run: {json.dumps(cpu)} (wall {seconds:.1f} s)",
+            f"  cpu seconds during the run: {json.dumps(cpu)} (wall {seconds:.1f} s); "
+            f"{len(calls)} engine calls, sizes {calls}",
             file=sys.stderr,
             flush=True,
         )
@@ -510,6 +528,7 @@ class Pipeline:
             except subprocess.TimeoutExpired:
                 p.kill()
         self.stack.down()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def main() -> None:
@@ -557,6 +576,8 @@ def main() -> None:
             wanted.remove("ray")
     prompts = load_prompts(args.prompts)
     runs: dict[str, list[dict[str, Any]]] = {}
+    # SIGTERM unwinds like Ctrl-C, so the private stack and every worker are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"compare: signal {signum}"))
     with Pipeline(args) as pipe:
         if "naive" in wanted:
             pipe.start_naive()
@@ -610,21 +631,31 @@ def report(
             f"{r['p95_s']:>8.2f}{r['rss_mb']:>9.0f}"
         )
 
-    def best(name: str, warm: bool = False) -> float | None:
-        found = [
-            r["jobs_per_s"]
-            for k, r in rows.items()
-            if k.split()[0] == name and k.endswith(" warm") == warm
+    def per_round(name: str, warm: bool = False) -> list[float]:
+        """The contender's best layout in each round (jobs/s)."""
+        keys = [k for k in runs if k.split()[0] == name and k.endswith(" warm") == warm]
+        if not keys:
+            return []
+        return [
+            max(runs[k][r]["jobs"] / runs[k][r]["seconds"] for k in keys)
+            for r in range(len(runs[keys[0]]))
         ]
-        return max(found) if found else None
 
-    blaze = best("blaze") or 0.0
-    ratios = {
-        f"blaze_over_{name}": (round(blaze / b, 3) if (b := best(name)) else None)
-        for name in ("direct", "naive", "ray")
-    }
-    ray_warm = best("ray", warm=True)
-    ratios["blaze_over_ray_warm"] = round(blaze / ray_warm, 3) if ray_warm else None
+    # Ratios are taken round by round (contenders of one round ran minutes apart) and the
+    # median of those is reported, so a slow spell of the machine hits both sides of a ratio.
+    blaze = per_round("blaze")
+    ratios: dict[str, float | None] = {}
+    rounds: dict[str, list[float]] = {}
+    for name, warm in (("direct", False), ("naive", False), ("ray", False), ("ray", True)):
+        other = per_round(name, warm)
+        key = f"blaze_over_{name}" + ("_warm" if warm else "")
+        ratios[key] = (
+            round(statistics.median(b / o for b, o in zip(blaze, other, strict=True)), 3)
+            if other
+            else None
+        )
+        if other:
+            rounds[key] = [round(b / o, 3) for b, o in zip(blaze, other, strict=True)]
     # What the pipeline adds to a lone job: end to end minus the engine call inside the worker,
     # and minus the same call made alone in a separate process just before (which also holds
     # the machine's call-to-call noise).
@@ -654,6 +685,7 @@ def report(
             {
                 **ratios,
                 **{k: round(v, 1) for k, v in ms.items()},
+                "ratios_per_round": rounds,
                 "table": {k: {m: round(v, 3) for m, v in r.items()} for k, r in rows.items()},
             }
         )

@@ -138,6 +138,18 @@ class Batcher(Generic[K, T]):
             times += [b.last_at + self.quiet_s for b in self._open.values() if not b.refused_early]
         return max(0.0, min(times) - self.clock())
 
+    def restart(self) -> None:
+        """Give every open batch a fresh window and quiet spell.
+
+        For when intake resumes after a pause: the records held back in the broker arrive at
+        once and fill the open batches, instead of those leaving partial the moment the
+        consumer looks again.
+        """
+        now = self.clock()
+        for b in self._open.values():
+            b.deadline = max(b.deadline, now + b.max_wait_s)
+            b.last_at, b.refused_early = now, False
+
     def drain(self) -> list[tuple[K, list[T]]]:
         """Remove and return every open batch (on shutdown or partition revocation)."""
         out = [(k, b.items) for k, b in self._open.items()]

@@ -182,10 +182,11 @@ class Intake:
     # -- one turn of the loop ----------------------------------------------------------------
     def step(self, max_poll_s: float = 0.5) -> None:
         """Poll once, dead-letter and batch what came, dispatch what is due, commit."""
-        wait = self.batcher.seconds_to_next()
-        timeout = max_poll_s if wait is None else min(max_poll_s, wait)
-        if self.ready:
-            timeout = min(timeout, 0.05)  # full queues: look again soon, keep heartbeating
+        if self.ready:  # full queues: look again soon (open batches wait, see below)
+            timeout = min(max_poll_s, 0.05)
+        else:
+            wait = self.batcher.seconds_to_next()
+            timeout = max_poll_s if wait is None else min(max_poll_s, wait)
         records = self.source.poll(timeout_ms=int(timeout * 1000), max_records=500)
         letters: list[tuple[DeadLetter, Any, int]] = []
         for tp, recs in records.items():
@@ -204,7 +205,9 @@ class Intake:
                     self.ready.append(batch)
         if letters:
             self._dead_letter(letters)
-        self.ready.extend(batch for _, batch in self.batcher.due(self._can_start))
+        if not self.ready:
+            # While batches wait for room, open ones keep filling: leaving now gains nothing.
+            self.ready.extend(batch for _, batch in self.batcher.due(self._can_start))
         self._pump()
         self.commit()
 
@@ -265,6 +268,7 @@ class Intake:
         elif not self.ready and self.paused:
             self.source.resume(*self.source.paused())
             self.paused = False
+            self.batcher.restart()
             log.info("worker queues have room again: resuming intake")
 
     def _dispatch(self, queue: str, batch: list[Entry]) -> None:

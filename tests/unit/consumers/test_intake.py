@@ -237,3 +237,22 @@ def test_a_lone_job_leaves_after_the_quiet_time_when_its_queue_is_empty() -> Non
     clock.now = 0.6
     intake.step()
     assert [[j["job_id"] for j in p["jobs"]] for _, p in disp.sent] == [["a"], ["b"]]
+
+
+def test_a_partial_batch_keeps_filling_while_queues_are_full() -> None:
+    # tiny2 runs on cpu only; batches of 3; the queue takes 2
+    values = [job(f"j{i}", "tiny2") for i in range(14)]
+    src = FakeSource([recs(values[:11]), recs(values[11:])])
+    clock = Clock()
+    intake, disp, _, _ = make(SETTINGS, src, clock)
+    intake.step()  # 2 batches sent, 1 ready, j9 and j10 open in the batcher
+    assert len(disp.sent) == 2 and intake.paused and len(intake.batcher) == 2
+    clock.now = 2.0  # far past the window: still no partial batch while nothing can go
+    intake.step()
+    assert len(intake.ready) == 1 and len(intake.batcher) == 2
+    disp.waiting[SETTINGS.queue("llm", "cpu")] = 0  # the worker took both
+    intake.step()  # the ready batch goes, intake resumes; the open batch gets a fresh window
+    assert not intake.paused and len(disp.sent) == 3 and len(intake.batcher) == 2
+    intake.step()  # the records held back in the broker arrive and fill it
+    assert [len(p["jobs"]) for _, p in disp.sent] == [3, 3, 3, 3]
+    assert len(intake.batcher) == 2  # j12 and j13 wait for mates

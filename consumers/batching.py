@@ -101,20 +101,20 @@ class Batcher(Generic[K, T]):
             return batch.items
         return None
 
-    def due(self, can_start: Callable[[T], bool] | None = None) -> list[tuple[K, list[T]]]:
+    def due(self, can_start: Callable[[list[T]], bool] | None = None) -> list[tuple[K, list[T]]]:
         """Remove and return every batch whose window has ended (see the module docstring
         for the one extension a still-filling batch gets).
 
         With ``can_start``, a batch nothing joined for ``quiet_s`` also leaves if
-        ``can_start(first item)`` says so; it is asked once per quiet spell, so a busy
-        pipeline is not asked again on every poll.
+        ``can_start(items)`` says so; it is asked once per quiet spell, so a busy pipeline is
+        not asked again on every poll.
         """
         now = self.clock()
         keys = []
         for k, b in self._open.items():
             if now < b.deadline:
                 if self._quiet(b, now) and can_start is not None:
-                    if can_start(b.items[0]):
+                    if can_start(b.items):
                         keys.append(k)
                     else:
                         b.refused_early = True

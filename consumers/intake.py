@@ -31,6 +31,7 @@ from consumers.offsets import OffsetTracker
 from pipelines.jobs import (
     JOB_KINDS,
     PAYLOAD_KEEP_BYTES,
+    SENT_WITH_HEADER,
     AnyJob,
     DeadLetter,
     Source,
@@ -52,6 +53,18 @@ class Record(Protocol):
     partition: int
     offset: int
     value: bytes | None
+    headers: list[tuple[str, bytes | None]] | None
+
+
+def sent_with(rec: Record) -> int:
+    """The ``blaze-sent-with`` header of a record; 1 when absent or not a positive integer."""
+    for key, value in getattr(rec, "headers", None) or []:
+        if key == SENT_WITH_HEADER and value:
+            try:
+                return max(1, int(value))
+            except ValueError:
+                return 1
+    return 1
 
 
 class JobSource(Protocol):
@@ -121,6 +134,7 @@ class Entry:
     job: AnyJob
     tp: Any
     offset: int
+    sent_with: int = 1  # jobs published together with this one (``blaze-sent-with``)
 
 
 @dataclass
@@ -199,7 +213,7 @@ class Intake:
                     continue
                 spec = self.registry.get(parsed.model)
                 size, wait_s = spec.batch_limits(self.settings) if spec else (None, None)
-                entry = Entry(parsed, tp, rec.offset)
+                entry = Entry(parsed, tp, rec.offset, sent_with(rec))
                 batch = self.batcher.add(batch_key(parsed), entry, size, wait_s)
                 if batch is not None:
                     self.ready.append(batch)
@@ -211,9 +225,15 @@ class Intake:
         self._pump()
         self.commit()
 
-    def _can_start(self, first: Entry) -> bool:
-        """A quiet partial batch may leave early only if nothing waits ahead of it."""
-        return not self.ready and self.router.has_empty_queue(first.job.kind, first.job.model)
+    def _can_start(self, entries: list[Entry]) -> bool:
+        """Whether a quiet partial batch may leave early: nothing waits ahead of it, a queue
+        for it is empty, and no job in it is one of a larger submission still arriving (a
+        burst read in pieces would otherwise leave its first piece alone)."""
+        expected = max(e.sent_with for e in entries)
+        if len(entries) < expected:
+            return False
+        first = entries[0].job
+        return not self.ready and self.router.has_empty_queue(first.kind, first.model)
 
     def _parse(self, rec: Record) -> AnyJob | DeadLetter:
         kind = self._kinds.get(rec.topic, "unknown")

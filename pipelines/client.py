@@ -13,7 +13,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from pipelines.errors import JobTimeout
-from pipelines.jobs import AnyJob, job_group
+from pipelines.jobs import SENT_WITH_HEADER, AnyJob, job_group
 from pipelines.kafka import ensure_topics, make_producer, unavailable
 from pipelines.results import RESULT_TYPES, AnyResult, DiffusionResult, parse_result
 from pipelines.settings import BlazeSettings
@@ -109,14 +109,19 @@ class Client:
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
             self.status_store.update([_queued(j, time.time()) for j in part])
+            # how many jobs travel together: the consumer lets a quiet batch leave early only
+            # once it holds them all (or is full), so a burst never leaves its first piece alone
+            together = [(SENT_WITH_HEADER, str(len(part)).encode())]
+            values = [job.model_dump_json(exclude_defaults=False).encode() for job in part]
             try:
                 futures = [
                     producer.send(
                         self._topic(job.kind),
                         key=job.job_id.encode(),
-                        value=job.model_dump_json(exclude_defaults=False).encode(),
+                        value=value,
+                        headers=together,
                     )
-                    for job in part
+                    for job, value in zip(part, values, strict=True)
                 ]
                 producer.flush(timeout=60)
                 for fut in futures:

@@ -168,6 +168,12 @@ def job_group(job: AnyJob) -> str:
     return job.tags.get(GROUP_TAG, "")
 
 
+SENT_WITH_HEADER = "blaze-sent-with"
+"""Optional Kafka record header: how many jobs the producer published in the same call (an
+ASCII integer). The consumer lets a quiet batch leave before its window only once it holds
+that many of them (see ``consumers.batching``)."""
+
+
 def batch_key(job: AnyJob) -> tuple[object, ...]:
     """Jobs with equal keys can share one engine call.
 

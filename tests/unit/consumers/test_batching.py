@@ -104,15 +104,15 @@ def test_a_quiet_batch_leaves_early_only_when_it_can_start_at_once() -> None:
     b.add("m", 1)
     assert b.seconds_to_next() == pytest.approx(0.03)
     clock.now += 0.02
-    assert b.due(lambda first: True) == []  # not quiet yet
+    assert b.due(lambda items: True) == []  # not quiet yet
     clock.now += 0.01
     asked: list[int] = []
-    assert b.due(lambda first: asked.append(first) or False) == []  # busy: it stays
+    assert b.due(lambda items: asked.extend(items) or False) == []  # busy: it stays
     assert asked == [1] and b.seconds_to_next() == pytest.approx(0.47)  # now only the window
-    assert b.due(lambda first: True) == []  # asked once per quiet spell
+    assert b.due(lambda items: True) == []  # asked once per quiet spell
     b.add("m", 2)  # a new arrival starts a new quiet spell
     clock.now += 0.03
-    assert b.due(lambda first: True) == [("m", [1, 2])]
+    assert b.due(lambda items: True) == [("m", [1, 2])]
 
 
 def test_items_arriving_faster_than_quiet_keep_the_batch_open() -> None:
@@ -121,7 +121,7 @@ def test_items_arriving_faster_than_quiet_keep_the_batch_open() -> None:
     for i in range(3):
         b.add("m", i)
         clock.now += 0.025  # a burst read in pieces 25 ms apart
-        assert b.due(lambda first: True) == []
+        assert b.due(lambda items: True) == []
     assert b.add("m", 3) == [0, 1, 2, 3]
 
 
@@ -130,7 +130,7 @@ def test_without_quiet_or_an_answer_a_batch_waits_its_window() -> None:
     b: Batcher[str, int] = Batcher(16, 0.5, clock)  # quiet_s=0: off
     b.add("m", 1)
     clock.now += 0.1
-    assert b.due(lambda first: True) == [] and b.seconds_to_next() == pytest.approx(0.4)
+    assert b.due(lambda items: True) == [] and b.seconds_to_next() == pytest.approx(0.4)
     q: Batcher[str, int] = Batcher(16, 0.5, clock, quiet_s=0.03)
     q.add("m", 1)
     clock.now += 0.1

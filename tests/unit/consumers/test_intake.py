@@ -19,6 +19,7 @@ class Rec:
     partition: int
     offset: int
     value: bytes | None
+    headers: list[tuple[str, bytes | None]] | None = None
 
 
 @dataclass
@@ -256,3 +257,42 @@ def test_a_partial_batch_keeps_filling_while_queues_are_full() -> None:
     intake.step()  # the records held back in the broker arrive and fill it
     assert [len(p["jobs"]) for _, p in disp.sent] == [3, 3, 3, 3]
     assert len(intake.batcher) == 2  # j12 and j13 wait for mates
+
+
+def test_a_piece_of_a_larger_submission_waits_for_the_rest() -> None:
+    settings = BlazeSettings(batch={"max_size": 4, "max_wait_s": 0.5, "quiet_s": 0.03})
+
+    def sent(values: list[bytes], start: int, together: int) -> dict[Any, list[Rec]]:
+        head = [("blaze-sent-with", str(together).encode())]
+        return {"p0": [Rec(TOPIC, 0, start + i, v, head) for i, v in enumerate(values)]}
+
+    burst = [job(f"b{i}", "tiny2") for i in range(6)]
+    src = FakeSource([sent(burst[:2], 0, 6), {}, sent(burst[2:], 2, 6), {}, {}])
+    clock = Clock()
+    intake, disp, _, _ = make(settings, src, clock)
+    intake.step()
+    clock.now = 0.04  # quiet, queue empty, but 4 more of its submission are on their way
+    intake.step()
+    assert disp.sent == []
+    intake.step()  # they come: one full batch, and b4, b5 (all that is left of it)
+    clock.now = 0.08
+    intake.step()
+    assert [[j["job_id"] for j in p["jobs"]] for _, p in disp.sent] == [["b0", "b1", "b2", "b3"]]
+    clock.now = 0.6  # b4 and b5 hold fewer than 6 and the queue holds a batch: the window
+    intake.step()
+    assert [len(p["jobs"]) for _, p in disp.sent] == [4, 2]
+    # a small submission that arrived whole leaves after the quiet time
+    src.batches = [sent([job("s0", "tiny2"), job("s1", "tiny2")], 10, 2), {}]
+    disp.waiting.clear()
+    intake.step()
+    clock.now = 0.65
+    intake.step()
+    assert [len(p["jobs"]) for _, p in disp.sent] == [4, 2, 2]
+
+
+def test_a_bad_sent_with_header_counts_as_one() -> None:
+    from consumers.intake import sent_with
+
+    for value in (b"x", b"-3", b"0", None):
+        assert sent_with(Rec(TOPIC, 0, 0, b"", [("blaze-sent-with", value)])) == 1
+    assert sent_with(Rec(TOPIC, 0, 0, b"", [("blaze-sent-with", b"12")])) == 12

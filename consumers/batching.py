@@ -1,6 +1,6 @@
 """Micro-batching: per-key groups that leave on max size or once the oldest waited max wait.
 
-Two adaptations to the arrival rate:
+Three adaptations to the arrival rate:
 
 - A partial batch whose items are still streaming in when its window ends gets up to one more
   window to fill, if at the rate they arrive it would be full by then. A burst (a file of jobs
@@ -9,8 +9,11 @@ Two adaptations to the arrival rate:
 - A partial batch nothing has joined for ``quiet_s`` may leave before its window ends, if the
   caller says it can start at once (a worker queue for it is empty). At low load a lone job
   then waits ``quiet_s`` instead of the whole window; under load queues are not empty and
-  batches fill as before. ``quiet_s`` must exceed the gaps between the pieces in which the
-  consumer reads one burst, or a burst's first piece leaves alone.
+  batches fill as before.
+- Items announced as sent together (``sent_with``; the ``blaze-sent-with`` header of jobs
+  from the SDK) keep their batch open until they are all in or it is full: it neither leaves
+  early nor at its first deadline (one extension), since the consumer reads a burst in pieces
+  that can be more than a window apart on a busy machine.
 """
 
 from __future__ import annotations
@@ -36,10 +39,19 @@ class _Open(Generic[T]):
     deadline: float = 0.0
     extended: bool = False
     refused_early: bool = False  # asked once whether it may leave early; the answer was no
+    expected: int = 1  # items announced as sent together with ones in this batch
+
+    def waiting_for_more(self) -> bool:
+        """Items sent together with these (see ``Batcher.add``) have not all arrived."""
+        return len(self.items) < min(self.expected, self.max_size)
 
     def still_filling(self, now: float) -> bool:
-        """Items arrive fast enough to fill the batch within one more window."""
-        if self.extended or len(self.items) < 2:
+        """Items announced or arriving fast enough to fill the batch within one more window."""
+        if self.extended:
+            return False
+        if self.waiting_for_more():
+            return True
+        if len(self.items) < 2:
             return False
         quiet = now - self.last_at
         if quiet > self.max_wait_s / 4:  # the stream has stopped
@@ -82,12 +94,19 @@ class Batcher(Generic[K, T]):
         return sum(len(b.items) for b in self._open.values())
 
     def add(
-        self, key: K, item: T, max_size: int | None = None, max_wait_s: float | None = None
+        self,
+        key: K,
+        item: T,
+        max_size: int | None = None,
+        max_wait_s: float | None = None,
+        sent_with: int = 1,
     ) -> list[T] | None:
         """Add an item; returns the key's batch if this item filled it.
 
         ``max_size`` and ``max_wait_s`` override the defaults for the batch this item opens
-        (limits are per model).
+        (limits are per model). ``sent_with`` says how many items were sent together with
+        this one: until that many (or a full batch) are in, the batch neither leaves early
+        when quiet nor at its first deadline.
         """
         batch = self._open.get(key)
         now = self.clock()
@@ -96,6 +115,7 @@ class Batcher(Generic[K, T]):
             batch = self._open[key] = _Open(now, size, wait, deadline=now + wait)
         batch.items.append(item)
         batch.last_at, batch.refused_early = now, False
+        batch.expected = max(batch.expected, sent_with)
         if len(batch.items) >= batch.max_size:
             del self._open[key]
             return batch.items
@@ -126,7 +146,12 @@ class Batcher(Generic[K, T]):
         return [(k, self._open.pop(k).items) for k in keys]
 
     def _quiet(self, b: _Open[T], now: float) -> bool:
-        return bool(self.quiet_s) and not b.refused_early and now - b.last_at >= self.quiet_s
+        return (
+            bool(self.quiet_s)
+            and not b.refused_early
+            and not b.waiting_for_more()
+            and now - b.last_at >= self.quiet_s
+        )
 
     def seconds_to_next(self) -> float | None:
         """How long until the next partial batch is due, or may leave early; None when
@@ -135,7 +160,11 @@ class Batcher(Generic[K, T]):
             return None
         times = [b.deadline for b in self._open.values()]
         if self.quiet_s:
-            times += [b.last_at + self.quiet_s for b in self._open.values() if not b.refused_early]
+            times += [
+                b.last_at + self.quiet_s
+                for b in self._open.values()
+                if not b.refused_early and not b.waiting_for_more()
+            ]
         return max(0.0, min(times) - self.clock())
 
     def restart(self) -> None:

@@ -134,7 +134,6 @@ class Entry:
     job: AnyJob
     tp: Any
     offset: int
-    sent_with: int = 1  # jobs published together with this one (``blaze-sent-with``)
 
 
 @dataclass
@@ -213,8 +212,8 @@ class Intake:
                     continue
                 spec = self.registry.get(parsed.model)
                 size, wait_s = spec.batch_limits(self.settings) if spec else (None, None)
-                entry = Entry(parsed, tp, rec.offset, sent_with(rec))
-                batch = self.batcher.add(batch_key(parsed), entry, size, wait_s)
+                entry = Entry(parsed, tp, rec.offset)
+                batch = self.batcher.add(batch_key(parsed), entry, size, wait_s, sent_with(rec))
                 if batch is not None:
                     self.ready.append(batch)
         if letters:
@@ -226,12 +225,8 @@ class Intake:
         self.commit()
 
     def _can_start(self, entries: list[Entry]) -> bool:
-        """Whether a quiet partial batch may leave early: nothing waits ahead of it, a queue
-        for it is empty, and no job in it is one of a larger submission still arriving (a
-        burst read in pieces would otherwise leave its first piece alone)."""
-        expected = max(e.sent_with for e in entries)
-        if len(entries) < expected:
-            return False
+        """Whether a quiet partial batch may leave early: nothing waits ahead of it and a
+        queue for it is empty."""
         first = entries[0].job
         return not self.ready and self.router.has_empty_queue(first.kind, first.model)
 

@@ -137,3 +137,16 @@ def test_without_quiet_or_an_answer_a_batch_waits_its_window() -> None:
     assert q.due() == []  # nobody to ask whether it can start
     with pytest.raises(ConfigError, match="quiet_s"):
         Batcher(1, 1.0, quiet_s=-1)
+
+
+def test_items_sent_together_keep_their_batch_open_until_in() -> None:
+    clock = Clock()
+    b: Batcher[str, int] = Batcher(16, 0.05, clock, quiet_s=0.03)
+    for i in range(9):  # the first piece of a burst of 40
+        b.add("m", i, sent_with=40)
+    clock.now += 0.05  # quiet and past the window, but 7 of its batch are still to come
+    assert b.due(lambda items: True) == []
+    assert b.seconds_to_next() == pytest.approx(0.05)  # no early check: only the extension
+    for i in range(9, 15):
+        b.add("m", i, sent_with=40)
+    assert b.add("m", 15, sent_with=40) == list(range(16))

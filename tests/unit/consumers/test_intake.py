@@ -278,14 +278,17 @@ def test_a_piece_of_a_larger_submission_waits_for_the_rest() -> None:
     clock.now = 0.08
     intake.step()
     assert [[j["job_id"] for j in p["jobs"]] for _, p in disp.sent] == [["b0", "b1", "b2", "b3"]]
-    clock.now = 0.6  # b4 and b5 hold fewer than 6 and the queue holds a batch: the window
+    clock.now = 0.6  # b4 and b5 are fewer than a batch of their 6: one more window
+    intake.step()
+    assert len(disp.sent) == 1
+    clock.now = 1.1
     intake.step()
     assert [len(p["jobs"]) for _, p in disp.sent] == [4, 2]
     # a small submission that arrived whole leaves after the quiet time
     src.batches = [sent([job("s0", "tiny2"), job("s1", "tiny2")], 10, 2), {}]
     disp.waiting.clear()
     intake.step()
-    clock.now = 0.65
+    clock.now = 1.15
     intake.step()
     assert [len(p["jobs"]) for _, p in disp.sent] == [4, 2, 2]
 

@@ -174,7 +174,10 @@ class _NullProducer:
 
     sent: ClassVar[list[bytes]] = []
 
-    def send(self, topic: str, key: bytes, value: bytes) -> "_Done":
+    def send(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> "_Done":
+        assert dict(headers)["blaze-sent-with"].isdigit()
         self.sent.append(value)
         return _Done()
 

@@ -133,7 +133,8 @@ class Batcher(Generic[K, T]):
         keys = []
         for k, b in self._open.items():
             if now < b.deadline:
-                if self._quiet(b, now) and can_start is not None:
+                early = self._early_at(b)
+                if early is not None and now >= early and can_start is not None:
                     if can_start(b.items):
                         keys.append(k)
                     else:
@@ -145,13 +146,11 @@ class Batcher(Generic[K, T]):
             keys.append(k)
         return [(k, self._open.pop(k).items) for k in keys]
 
-    def _quiet(self, b: _Open[T], now: float) -> bool:
-        return (
-            bool(self.quiet_s)
-            and not b.refused_early
-            and not b.waiting_for_more()
-            and now - b.last_at >= self.quiet_s
-        )
+    def _early_at(self, b: _Open[T]) -> float | None:
+        """When ``b`` may be asked whether it can leave early; None if it may not be."""
+        if not self.quiet_s or b.refused_early or b.waiting_for_more():
+            return None
+        return b.last_at + self.quiet_s
 
     def seconds_to_next(self) -> float | None:
         """How long until the next partial batch is due, or may leave early; None when
@@ -159,12 +158,7 @@ class Batcher(Generic[K, T]):
         if not self._open:
             return None
         times = [b.deadline for b in self._open.values()]
-        if self.quiet_s:
-            times += [
-                b.last_at + self.quiet_s
-                for b in self._open.values()
-                if not b.refused_early and not b.waiting_for_more()
-            ]
+        times += [t for b in self._open.values() if (t := self._early_at(b)) is not None]
         return max(0.0, min(times) - self.clock())
 
     def restart(self) -> None:

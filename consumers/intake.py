@@ -58,7 +58,7 @@ class Record(Protocol):
 
 def sent_with(rec: Record) -> int:
     """The ``blaze-sent-with`` header of a record; 1 when absent or not a positive integer."""
-    for key, value in getattr(rec, "headers", None) or []:
+    for key, value in rec.headers or []:
         if key == SENT_WITH_HEADER and value:
             try:
                 return max(1, int(value))
@@ -225,10 +225,10 @@ class Intake:
         self.commit()
 
     def _can_start(self, entries: list[Entry]) -> bool:
-        """Whether a quiet partial batch may leave early: nothing waits ahead of it and a
-        queue for it is empty."""
+        """Whether a quiet partial batch may leave early: a queue for it is empty (``due`` is
+        only asked while no ready batch waits ahead of it)."""
         first = entries[0].job
-        return not self.ready and self.router.has_empty_queue(first.kind, first.model)
+        return self.router.has_empty_queue(first.kind, first.model)
 
     def _parse(self, rec: Record) -> AnyJob | DeadLetter:
         kind = self._kinds.get(rec.topic, "unknown")

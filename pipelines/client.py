@@ -112,16 +112,15 @@ class Client:
             # how many jobs travel together: the consumer lets a quiet batch leave early only
             # once it holds them all (or is full), so a burst never leaves its first piece alone
             together = [(SENT_WITH_HEADER, str(len(part)).encode())]
-            values = [job.model_dump_json(exclude_defaults=False).encode() for job in part]
             try:
                 futures = [
                     producer.send(
                         self._topic(job.kind),
                         key=job.job_id.encode(),
-                        value=value,
+                        value=job.model_dump_json(exclude_defaults=False).encode(),
                         headers=together,
                     )
-                    for job, value in zip(part, values, strict=True)
+                    for job in part
                 ]
                 producer.flush(timeout=60)
                 for fut in futures:
@@ -140,6 +139,17 @@ class Client:
     def status(self, job_ids: Iterable[str]) -> dict[str, JobStatus | None]:
         return self.status_store.get(job_ids)
 
+    def _ended(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """The whole status of each job that reached a terminal state.
+
+        Polls the state field alone (cheap) and reads whole statuses only of the jobs that
+        ended, so waiting on thousands of jobs costs little CPU beside the workers.
+        """
+        ended = [j for j, st in self.status_store.states(job_ids).items() if st and st.terminal]
+        if not ended:
+            return {}
+        return {j: st for j, st in self.status(ended).items() if st is not None}
+
     def wait(
         self,
         job_ids: Sequence[str],
@@ -152,11 +162,7 @@ class Client:
         done: dict[str, JobStatus] = {}
         pending = list(dict.fromkeys(job_ids))
         while True:
-            # Poll the state field alone (cheap); read whole statuses only of the jobs that
-            # ended, so waiting on thousands of jobs costs little CPU beside the workers.
-            ended = [j for j, st in self.status_store.states(pending).items() if st and st.terminal]
-            if ended:
-                done.update({j: st for j, st in self.status(ended).items() if st is not None})
+            done.update(self._ended(pending))
             pending = [j for j in pending if j not in done]
             if progress:
                 progress(len(done), len(done) + len(pending))
@@ -187,10 +193,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = list(dict.fromkeys(job_ids))
         while pending:
-            finished = [
-                j for j, st in self.status_store.states(pending).items() if st and st.terminal
-            ]
-            ended = {j: st for j, st in self.status(finished).items() if st is not None}
+            ended = self._ended(pending)
             keys = [self.settings.result_key(j) for j in ended]
             docs = self.result_store.get_many(keys) if keys else {}
             for (jid, st), key in zip(ended.items(), keys, strict=True):

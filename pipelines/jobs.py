@@ -170,8 +170,8 @@ def job_group(job: AnyJob) -> str:
 
 SENT_WITH_HEADER = "blaze-sent-with"
 """Optional Kafka record header: how many jobs the producer published in the same call (an
-ASCII integer). The consumer lets a quiet batch leave before its window only once it holds
-that many of them (see ``consumers.batching``)."""
+ASCII integer). Until a batch holds that many of them (or is full), the consumer neither lets
+it leave early when quiet nor at its first deadline (see ``consumers.batching``)."""
 
 
 def batch_key(job: AnyJob) -> tuple[object, ...]:

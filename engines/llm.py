@@ -3,6 +3,11 @@
 Rows of one batch may ask for different ``max_new_tokens`` and ``stop`` strings: a per-row
 stopping criterion ends each row at its own limit, so one long job does not make the short
 ones generate past theirs, and generation stops as soon as every row is done.
+
+Rows that start with the same tokens (a chat template's system prompt, a shared instruction)
+have that prefix computed once per batch: its keys and values are repeated for every row and
+each row's own tokens follow it, left-padded. In float32 the text is the same as without the
+sharing; in bfloat16 it may differ as it already does with the padding of other batch shapes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
     LogitsProcessor,
     LogitsProcessorList,
     StoppingCriteria,
@@ -32,6 +38,8 @@ from pipelines.jobs import LLMJob
 log = logging.getLogger(__name__)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# a shared prefix shorter than this is computed per row: one more forward call would cost more
+MIN_SHARED_TOKENS = 8
 
 
 class _RowLimits(StoppingCriteria):
@@ -194,6 +202,29 @@ class TransformersLLM:
             raise ModelUnavailable(f"model {self.name} is not loaded")
         return self._generate(list(batch))
 
+    def _inputs(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Input ids, attention mask and, where the rows share a prefix, a cache holding it.
+
+        The layout with a shared prefix is ``[prefix][padding][own tokens]``: positions count
+        only unmasked tokens, so every row sees the prefix at the positions it would have alone.
+        """
+        tok, n = self.tokenizer, _shared_prefix(rows)
+        if n < MIN_SHARED_TOKENS or not self.model._supports_default_dynamic_cache():
+            enc = tok.pad({"input_ids": rows}, return_tensors="pt")
+            return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), None
+        own = tok.pad({"input_ids": [r[n:] for r in rows]}, return_tensors="pt")
+        head = torch.tensor([rows[0][:n]], device=self.device)
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            self.model(input_ids=head, cache=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(rows))
+        own_mask = own["attention_mask"].to(self.device)
+        input_ids = torch.cat([head.expand(len(rows), n), own["input_ids"].to(self.device)], 1)
+        mask = torch.cat(
+            [torch.ones(len(rows), n, dtype=own_mask.dtype, device=self.device), own_mask], 1
+        )
+        return input_ids, mask, cache
+
     def _generate(self, jobs: list[LLMJob]) -> list[Output]:
         tok = self.tokenizer
         limit = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
@@ -218,9 +249,8 @@ class TransformersLLM:
         out: list[Output] = [Output(error=errors.get(i)) for i in range(len(jobs))]
         if not live:
             return out
-        enc = tok.pad({"input_ids": [ids[i] for i in live]}, return_tensors="pt")
-        enc = {k: v.to(self.device) for k, v in enc.items()}
-        width = enc["input_ids"].shape[1]
+        input_ids, mask, cache = self._inputs([ids[i] for i in live])
+        width = input_ids.shape[1]
         limits = [jobs[i].max_new_tokens for i in live]
         stops = [list(jobs[i].stop) for i in live]
         criteria = StoppingCriteriaList([_RowLimits(width, limits, stops, tok)])
@@ -233,7 +263,9 @@ class TransformersLLM:
         )
         with torch.inference_mode():
             seqs = self.model.generate(
-                **enc,
+                input_ids=input_ids,
+                attention_mask=mask,
+                cache=cache,
                 max_new_tokens=max(limits),
                 pad_token_id=tok.pad_token_id,
                 do_sample=False,  # sampled rows are decided by _RowSampler, one RNG per row
@@ -265,6 +297,17 @@ class TransformersLLM:
                 info={"seed": seeds[row] if sampled else None, "sampling": sampled},
             )
         return out
+
+
+def _shared_prefix(rows: list[list[int]]) -> int:
+    """How many leading tokens all rows (two or more) share, leaving each at least one own."""
+    if len(rows) < 2:
+        return 0
+    first, most = rows[0], min(len(r) for r in rows) - 1
+    n = 0
+    while n < most and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n
 
 
 def _as_list(value: int | list[int] | None) -> list[int]:

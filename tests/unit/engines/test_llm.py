@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.llm import TransformersLLM
+from engines.llm import MIN_SHARED_TOKENS, TransformersLLM
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import ChatMessage, LLMJob
 
@@ -36,6 +36,49 @@ def test_greedy_output_does_not_depend_on_batch_neighbours(engine: TransformersL
     alone = engine.run([job])[0]
     crowded = engine.run([LLMJob(model="tiny", prompt="x " * 30, max_new_tokens=2), job])[1]
     assert alone.text == crowded.text
+
+
+def test_a_prefix_shared_by_the_batch_is_computed_once_and_changes_no_text(
+    engine: TransformersLLM,
+) -> None:
+    instruction = "you answer about batch inference with queues and workers, briefly: "
+    jobs = [
+        LLMJob(model="tiny", prompt=instruction + q, max_new_tokens=n)
+        for q, n in [("what is the capital of france?", 7), ("the lazy dog", 5), ("fox", 9)]
+    ]
+    alone = [engine.run([job])[0] for job in jobs]
+    shapes: list[tuple[int, ...]] = []
+    hook = engine.model.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        together = engine.run(jobs)
+    finally:
+        hook.remove()
+    assert [o.text for o in together] == [o.text for o in alone]
+    assert [o.prompt_tokens for o in together] == [o.prompt_tokens for o in alone]
+    assert [o.completion_tokens for o in together] == [o.completion_tokens for o in alone]
+    # the shared prefix alone, once; then every row's own tokens, not the whole prompt again
+    (one, prefix), (rows, own) = shapes[0], shapes[1]
+    assert one == 1 and prefix >= MIN_SHARED_TOKENS and rows == 3
+    assert own == max(o.prompt_tokens for o in alone) - prefix
+
+
+def test_rows_without_a_long_shared_prefix_are_padded_whole(engine: TransformersLLM) -> None:
+    shapes: list[tuple[int, ...]] = []
+    hook = engine.model.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        outs = engine.run(
+            [
+                LLMJob(model="tiny", prompt="the quick brown fox", max_new_tokens=2),
+                LLMJob(model="tiny", prompt="the quick red fox", max_new_tokens=2),
+            ]
+        )
+    finally:
+        hook.remove()
+    assert shapes[0] == (2, max(o.prompt_tokens for o in outs))
 
 
 def test_seeded_sampling_is_repeatable(engine: TransformersLLM) -> None:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from engines.base import Output
 from engines.llm import MIN_SHARED_TOKENS, TransformersLLM
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import ChatMessage, LLMJob
@@ -38,6 +39,20 @@ def test_greedy_output_does_not_depend_on_batch_neighbours(engine: TransformersL
     assert alone.text == crowded.text
 
 
+def run_watching_inputs(
+    engine: TransformersLLM, jobs: list[LLMJob]
+) -> tuple[list[Output], list[tuple[int, ...]]]:
+    """The batch's outputs and the shape of the input ids of every forward call it made."""
+    shapes: list[tuple[int, ...]] = []
+    hook = engine.model.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        return engine.run(jobs), shapes
+    finally:
+        hook.remove()
+
+
 def test_a_prefix_shared_by_the_batch_is_computed_once_and_changes_no_text(
     engine: TransformersLLM,
 ) -> None:
@@ -47,14 +62,7 @@ def test_a_prefix_shared_by_the_batch_is_computed_once_and_changes_no_text(
         for q, n in [("what is the capital of france?", 7), ("the lazy dog", 5), ("fox", 9)]
     ]
     alone = [engine.run([job])[0] for job in jobs]
-    shapes: list[tuple[int, ...]] = []
-    hook = engine.model.register_forward_pre_hook(
-        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
-    )
-    try:
-        together = engine.run(jobs)
-    finally:
-        hook.remove()
+    together, shapes = run_watching_inputs(engine, jobs)
     assert [o.text for o in together] == [o.text for o in alone]
     assert [o.prompt_tokens for o in together] == [o.prompt_tokens for o in alone]
     assert [o.completion_tokens for o in together] == [o.completion_tokens for o in alone]
@@ -65,19 +73,13 @@ def test_a_prefix_shared_by_the_batch_is_computed_once_and_changes_no_text(
 
 
 def test_rows_without_a_long_shared_prefix_are_padded_whole(engine: TransformersLLM) -> None:
-    shapes: list[tuple[int, ...]] = []
-    hook = engine.model.register_forward_pre_hook(
-        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    outs, shapes = run_watching_inputs(
+        engine,
+        [
+            LLMJob(model="tiny", prompt="the quick brown fox", max_new_tokens=2),
+            LLMJob(model="tiny", prompt="the quick red fox", max_new_tokens=2),
+        ],
     )
-    try:
-        outs = engine.run(
-            [
-                LLMJob(model="tiny", prompt="the quick brown fox", max_new_tokens=2),
-                LLMJob(model="tiny", prompt="the quick red fox", max_new_tokens=2),
-            ]
-        )
-    finally:
-        hook.remove()
     assert shapes[0] == (2, max(o.prompt_tokens for o in outs))
 
 

@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,7 @@ def jobs_for(engine: Any, prompts: list[str], new_tokens: int) -> list[Any]:
 
 def batch_sizes(per_job: list[int]) -> list[int]:
     """The engine calls behind a run, from each job's batch size (n jobs of size n = 1 call)."""
-    count: dict[int, int] = {}
-    for n in per_job:
-        count[n] = count.get(n, 0) + 1
+    count = Counter(per_job)
     return [n for n in sorted(count, reverse=True) for _ in range(count[n] // n)]
 
 
@@ -649,13 +648,12 @@ def report(
     for name, warm in (("direct", False), ("naive", False), ("ray", False), ("ray", True)):
         other = per_round(name, warm)
         key = f"blaze_over_{name}" + ("_warm" if warm else "")
-        ratios[key] = (
-            round(statistics.median(b / o for b, o in zip(blaze, other, strict=True)), 3)
-            if other
-            else None
-        )
-        if other:
-            rounds[key] = [round(b / o, 3) for b, o in zip(blaze, other, strict=True)]
+        if not other:
+            ratios[key] = None
+            continue
+        per = [b / o for b, o in zip(blaze, other, strict=True)]
+        ratios[key] = round(statistics.median(per), 3)
+        rounds[key] = [round(r, 3) for r in per]
     # What the pipeline adds to a lone job: end to end minus the engine call inside the worker,
     # and minus the same call made alone in a separate process just before (which also holds
     # the machine's call-to-call noise).

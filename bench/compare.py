@@ -51,8 +51,6 @@ from pathlib import Path
 from typing import Any
 
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
 
 PROMPTS_FILE = _HERE / "prompts.jsonl"
 NAIVE_TASK = "bench.naive_generate"
@@ -71,7 +69,7 @@ def make_engine(model_dir: str | None, dtype: str, threads: int) -> Any:
     from transformers.utils import logging as hf_logging
 
     from engines.llm import TransformersLLM
-    from engines.models import install_demo_model
+    from engines.sources import install_demo_model
     from pipelines.registry import DEMO_MODEL
     from pipelines.settings import BlazeSettings
 
@@ -341,7 +339,7 @@ class Pipeline:
 
     def _start(self) -> None:
         self.stack.up()
-        cli = [sys.executable, "-m", "pipelines.cli"]
+        cli = [sys.executable, "-m", "blaze"]
         logs = self.tmp / "logs"
         logs.mkdir()
         for i in range(self.args.blaze_workers):

@@ -13,14 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
 
 
 def main() -> None:
@@ -43,9 +38,9 @@ def main() -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
+    from blaze.dev.tiny_models import make_tiny_diffusion, make_tiny_llm
     from engines.diffusion import DiffusersEngine
     from engines.llm import TransformersLLM
-    from engines.models import make_tiny_diffusion, make_tiny_llm
     from pipelines.jobs import DiffusionJob, LLMJob
     from pipelines.registry import ModelSpec
 

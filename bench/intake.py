@@ -62,7 +62,7 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         stack.up()
-        cli = [sys.executable, "-m", "pipelines.cli"]
+        cli = [sys.executable, "-m", "blaze"]
         logs = tmp / "logs"
         logs.mkdir()
         for i in range(args.workers):

@@ -19,10 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
 LLM_CONFIGS = [
     {"kind": "llm", "label": "bf16", "dtype": "bfloat16"},
     {"kind": "llm", "label": "fp32", "dtype": "float32"},
@@ -46,7 +42,7 @@ def run_one(cfg: dict[str, object], args: argparse.Namespace) -> dict[str, float
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if cfg["kind"] == "llm":
         from engines.llm import TransformersLLM
-        from engines.models import install_demo_model
+        from engines.sources import install_demo_model
         from pipelines.jobs import ChatMessage, LLMJob
         from pipelines.settings import BlazeSettings
 
@@ -68,8 +64,8 @@ def run_one(cfg: dict[str, object], args: argparse.Namespace) -> dict[str, float
     else:
         import tempfile
 
+        from blaze.dev.tiny_models import make_tiny_diffusion
         from engines.diffusion import DiffusersEngine
-        from engines.models import make_tiny_diffusion
         from pipelines.jobs import DiffusionJob
         from pipelines.registry import ModelSpec
 

@@ -16,12 +16,12 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Protocol
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import KafkaError, NoBrokersAvailable
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -33,16 +33,16 @@ from pipelines.jobs import (
     PAYLOAD_KEEP_BYTES,
     SENT_WITH_HEADER,
     AnyJob,
-    DeadLetter,
-    Source,
     batch_key,
     is_job_id,
     parse_job,
 )
-from pipelines.kafka import ensure_topics, make_producer, unavailable
+from pipelines.kafka import ensure_topics, unavailable
 from pipelines.registry import Registry, load_registry
 from pipelines.settings import BlazeSettings
-from pipelines.status import JobState, StatusStore, StatusUpdate, status_store
+from pipelines.stores import connect
+from pipelines.stores.deadletters import DeadLetter, DeadLetterStore, Source
+from pipelines.stores.status import JobState, StatusStore, StatusUpdate
 from pipelines.tasks import batch_payload
 
 log = logging.getLogger(__name__)
@@ -83,48 +83,6 @@ class JobSource(Protocol):
     def resume(self, *partitions: Any) -> None: ...
 
     def paused(self) -> set[Any]: ...
-
-
-class DeadLetterSink(Protocol):
-    """Records messages that cannot run; returns once they are durably stored."""
-
-    def send(self, letters: Sequence[DeadLetter]) -> None: ...
-
-
-@dataclass
-class MemoryDeadLetters:
-    """Dead letters in a list, for unit tests."""
-
-    letters: list[DeadLetter] = field(default_factory=list)
-
-    def send(self, letters: Sequence[DeadLetter]) -> None:
-        self.letters.extend(letters)
-
-
-class KafkaDeadLetters:
-    """Dead letters on the dead-letter topic, keyed by job id when known."""
-
-    def __init__(self, settings: BlazeSettings, producer: KafkaProducer | None = None) -> None:
-        self.settings = settings
-        self.topic = settings.dead_letter_topic
-        self.producer = producer or make_producer(settings)
-
-    def send(self, letters: Sequence[DeadLetter]) -> None:
-        try:
-            futures = [
-                self.producer.send(
-                    self.topic, key=(d.job_id or "").encode() or None, value=d.to_json()
-                )
-                for d in letters
-            ]
-            self.producer.flush(timeout=60)
-            for fut in futures:
-                fut.get(timeout=60)
-        except KafkaError as exc:
-            raise unavailable(self.settings, exc) from None
-
-    def close(self) -> None:
-        self.producer.close(timeout=10)
 
 
 @dataclass(frozen=True)
@@ -168,7 +126,7 @@ class Intake:
         settings: BlazeSettings,
         source: JobSource,
         dispatcher: Dispatcher,
-        dead_letters: DeadLetterSink,
+        dead_letters: DeadLetterStore,
         status: StatusStore,
         router: Router,
         registry: Registry,
@@ -400,8 +358,8 @@ def run_intake(
     router = Router(settings, registry, RedisQueueDepth(settings), strategy, only_devices=devices)
     listener = _Listener()
     consumer = make_consumer(settings, listener)
-    dead = KafkaDeadLetters(settings)
-    status = status_store(settings)
+    dead = connect.dead_letters(settings)
+    status = connect.status_store(settings)
     intake = Intake(
         settings,
         consumer,

@@ -8,7 +8,7 @@ problem in its UI and API while the valid templates keep running.
 from __future__ import annotations
 
 from pipelines.settings import load_settings
-from pipelines.templates import TemplateError, invalid_templates
+from pipelines.templates.spec import TemplateError, invalid_templates
 
 _problems = invalid_templates(load_settings().templates_dir)
 if _problems:

@@ -1,6 +1,6 @@
 """One Airflow DAG per Blaze pipeline template (a DAG factory).
 
-Templates come from ``pipelines/pipeline_templates/`` (shipped) and ``BLAZE_TEMPLATES_DIR``
+Templates come from ``pipelines/templates/shipped/`` (shipped) and ``BLAZE_TEMPLATES_DIR``
 (default ``.blaze/templates``); a user's template with a shipped name replaces it. Each step
 becomes one task: job steps defer while their Blaze jobs run, transforms run inline, a branch
 step skips what it does not choose. Building the DAGs reads the YAML files only: no network
@@ -18,9 +18,9 @@ from typing import Any
 
 from airflow.sdk import DAG, Param
 
-from pipelines.airflow_tasks import NAMESPACE_KEY, operator_for
 from pipelines.settings import load_settings
-from pipelines.templates import Template, TemplateError, load_template, template_files
+from pipelines.templates.operators import NAMESPACE_KEY, operator_for
+from pipelines.templates.spec import Template, TemplateError, load_template, template_files
 
 
 def build_dag(path: Path) -> DAG:

@@ -1,12 +1,22 @@
-"""The engine contract: load once on a device, run a whole batch, one output per job in order."""
+"""The engine contract: load once on a device, run a whole batch, one output per job in order.
+
+Also the helpers every engine shares (dtype names, weights digest, memory size); importing
+this module does not import torch.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from pipelines.errors import ModelUnavailable
 from pipelines.jobs import AnyJob
+
+if TYPE_CHECKING:
+    import torch
 
 J_contra = TypeVar("J_contra", bound=AnyJob, contravariant=True)
 
@@ -25,11 +35,6 @@ class Output:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def parameter_bytes(*modules: Any) -> int:
-    """Bytes held by the parameters of torch modules (for memory budgets)."""
-    return int(sum(p.numel() * p.element_size() for m in modules for p in m.parameters()))
-
-
 class Engine(Protocol[J_contra]):
     """Runs batches of jobs of one model on one device."""
 
@@ -46,3 +51,38 @@ class Engine(Protocol[J_contra]):
     def describe(self) -> dict[str, Any]:
         """Provenance of the loaded weights (path, revision or hash, dtype, device)."""
         ...
+
+
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
+
+
+def torch_dtype(name: str, model: str = "") -> torch.dtype:
+    """The torch dtype a registry entry names; ``ModelUnavailable`` for any other name."""
+    import torch
+
+    if name not in DTYPE_NAMES:
+        raise ModelUnavailable(f"model {model}: dtype {name!r} is not one of {list(DTYPE_NAMES)}")
+    dtype: torch.dtype = getattr(torch, name)
+    return dtype
+
+
+def weights_digest(path: Path) -> str:
+    """A short content hash of the weight files, recorded as provenance."""
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        stat = f.stat()
+        h.update(f"{f.name}:{stat.st_size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))  # first MiB: cheap and distinguishes real weights
+    return h.hexdigest()[:16]
+
+
+def parameter_bytes(*modules: Any) -> int:
+    """Bytes held by the parameters of torch modules (for memory budgets)."""
+    return int(sum(p.numel() * p.element_size() for m in modules for p in m.parameters()))
+
+
+def memory_bytes(engine: Engine[Any]) -> int:
+    """What a loaded engine holds, for engines that can say (``memory_bytes()``); else 0."""
+    size = getattr(engine, "memory_bytes", None)
+    return int(size()) if callable(size) else 0

@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from engines.base import Output, parameter_bytes
-from engines.llm import DTYPES, weights_digest
+from engines.base import Output, parameter_bytes, torch_dtype, weights_digest
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import DiffusionJob
 from pipelines.registry import ModelSpec
@@ -51,7 +50,7 @@ class DiffusersEngine:
         diffusers_logging.disable_progress_bar()
         try:
             pipe = DiffusionPipeline.from_pretrained(
-                self.path, dtype=DTYPES[self.spec.dtype], safety_checker=None
+                self.path, dtype=torch_dtype(self.spec.dtype, self.name), safety_checker=None
             )
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(

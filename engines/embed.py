@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from engines.base import Output, parameter_bytes
-from engines.llm import DTYPES, weights_digest
+from engines.base import Output, parameter_bytes, torch_dtype, weights_digest
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import EmbedJob
 
@@ -47,7 +46,7 @@ class TransformersEmbedder:
     def load(self, device: str) -> None:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-            model = AutoModel.from_pretrained(self.path, dtype=DTYPES[self.dtype])
+            model = AutoModel.from_pretrained(self.path, dtype=torch_dtype(self.dtype, self.name))
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(
                 f"model {self.name} failed to load from {self.path}: {exc}"

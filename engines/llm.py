@@ -12,8 +12,6 @@ sharing; in bfloat16 it may differ as it already does with the padding of other 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import secrets
 from collections.abc import Sequence
@@ -31,13 +29,12 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from engines.base import Output, parameter_bytes
+from engines.base import Output, parameter_bytes, torch_dtype, weights_digest
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import LLMJob
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # a shared prefix shorter than this is computed per row: one more forward call would cost more
 MIN_SHARED_TOKENS = 8
 
@@ -99,17 +96,6 @@ class _RowSampler(LogitsProcessor):
         return scores
 
 
-def weights_digest(path: Path) -> str:
-    """A short content hash of the weight files, recorded as provenance."""
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        stat = f.stat()
-        h.update(f"{f.name}:{stat.st_size}".encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(1 << 20))  # first MiB: cheap and distinguishes real weights
-    return h.hexdigest()[:16]
-
-
 class TransformersLLM:
     """An LLM loaded once on one device, generating for whole batches.
 
@@ -122,8 +108,7 @@ class TransformersLLM:
     def __init__(
         self, name: str, path: Path, dtype: str = "bfloat16", quantize: str = "none"
     ) -> None:
-        if dtype not in DTYPES:
-            raise ModelUnavailable(f"model {name}: dtype {dtype!r} is not one of {sorted(DTYPES)}")
+        torch_dtype(dtype, name)  # an unknown dtype fails here, naming the model
         self.name = name
         self.path = Path(path)
         self.dtype = dtype
@@ -136,7 +121,9 @@ class TransformersLLM:
     def load(self, device: str) -> None:
         try:
             tok = AutoTokenizer.from_pretrained(self.path)
-            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=DTYPES[self.dtype])
+            model = AutoModelForCausalLM.from_pretrained(
+                self.path, dtype=torch_dtype(self.dtype, self.name)
+            )
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(
                 f"model {self.name} failed to load from {self.path}: {exc}"
@@ -314,9 +301,3 @@ def _as_list(value: int | list[int] | None) -> list[int]:
     if value is None:
         return []
     return [value] if isinstance(value, int) else list(value)
-
-
-def read_model_card(path: Path) -> dict[str, Any]:
-    """The ``blaze.json`` a model folder may carry (dtype, batch limits); empty if none."""
-    card = path / "blaze.json"
-    return json.loads(card.read_text()) if card.exists() else {}

@@ -21,38 +21,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infra.airflow import airflow_service, prepare_airflow
+from infra.services import Service, ServiceState
 from pipelines.errors import StackError
 from pipelines.settings import BlazeSettings
 
 STATE_FILE = "stack.json"
-
-
-@dataclass(frozen=True)
-class Service:
-    """One embedded server: how to start it, which ports it binds, how to tell it is up."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    ports: list[int]
-    address: str
-    health: Callable[[], bool]
-    exe: str = ""
-    group: bool = False  # stop its whole process group (it runs children of its own)
-
-
-@dataclass(frozen=True)
-class ServiceState:
-    name: str
-    address: str
-    pid: int | None
-    running: bool
-    healthy: bool
-    log: Path
 
 
 def _wheel_file(package: str, *parts: str) -> Path:
@@ -197,99 +174,10 @@ class Stack:
         except Exception:
             return False
 
-    def _airflow_health(self) -> bool:
-        import urllib.request
-
-        url = f"http://127.0.0.1:{self.settings.stack.airflow_port}/api/v2/monitor/health"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                doc = json.loads(resp.read())
-        except (OSError, ValueError):
-            return False
-        parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
-        return all(doc.get(p, {}).get("status") == "healthy" for p in parts)
-
-    def airflow_service(self) -> Service:
-        """``airflow standalone`` (API/UI, scheduler, triggerer, DAG processor) on SQLite with
-        the LocalExecutor, bound to 127.0.0.1, sized for a small machine, running the
-        template DAGs with this stack's BLAZE_* settings."""
-        import pipelines
-
-        st = self.settings.stack
-        home = self.state_dir / "airflow"
-        dags = Path(pipelines.__file__).resolve().parents[1] / "dags"
-        port = st.airflow_port
-        af = self.settings.airflow
-        env = {
-            **self.settings.to_env(),
-            "BLAZE_STACK__STATE_DIR": str(self.state_dir),
-            "BLAZE_TEMPLATES_DIR": str(self.settings.templates_dir.resolve()),
-            "BLAZE_MODELS_DIR": str(self.settings.models_dir.resolve()),
-            "BLAZE_REGISTRY_FILE": str(self.settings.registry_file.resolve()),
-            # standalone starts its components as `airflow ...` found on PATH
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__DAGBAG_IMPORT_ERROR_TRACEBACKS": "False",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{af.username}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(port + 1),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(port + 2),
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
-            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
-            # The Blaze services as Airflow connections, for users' own tasks (Blaze's
-            # operators read the BLAZE_* settings above and never look connections up).
-            "AIRFLOW_CONN_BLAZE_REDIS": self.settings.redis_url,
-            "AIRFLOW_CONN_BLAZE_KAFKA": json.dumps(
-                {
-                    "conn_type": "kafka",
-                    "extra": {"bootstrap.servers": self.settings.kafka_bootstrap},
-                }
-            ),
-            "AIRFLOW_CONN_BLAZE_S3": json.dumps(
-                {
-                    "conn_type": "aws",
-                    "login": self.settings.s3.access_key,
-                    "password": self.settings.s3.secret_key.get_secret_value(),
-                    "extra": {"endpoint_url": f"http://{self.settings.s3_endpoint}"},
-                }
-            ),
-        }
-        return Service(
-            name="airflow",
-            argv=[sys.executable, "-m", "airflow", "standalone"],
-            env=env,
-            ports=[port, port + 1, port + 2],
-            address=f"http://127.0.0.1:{port}",
-            health=self._airflow_health,
-            exe=sys.executable,
-            group=True,
-        )
-
-    def _prepare_airflow(self) -> None:
-        home = self.state_dir / "airflow"
-        home.mkdir(exist_ok=True)
-        af = self.settings.airflow
-        path = home / "passwords.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({af.username: af.password.get_secret_value()}, fh)
-
     def services(self) -> list[Service]:
         base = self._core_services()
         if self.with_airflow or "airflow" in self._read_state():
-            base.append(self.airflow_service())
+            base.append(airflow_service(self.settings, self.state_dir))
         return base
 
     def _core_services(self) -> list[Service]:
@@ -404,7 +292,7 @@ class Stack:
             (self.state_dir / sub).mkdir(exist_ok=True)
         self._write_identities()
         if self.with_airflow:
-            self._prepare_airflow()
+            prepare_airflow(self.settings, self.state_dir)
         state = self._read_state()
         for svc in self.services():
             # Airflow needs its database migrated and four components up: give it longer.

@@ -7,18 +7,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from pipelines.errors import JobTimeout
+from pipelines.errors import ConfigError, JobTimeout
 from pipelines.jobs import SENT_WITH_HEADER, AnyJob, job_group
 from pipelines.kafka import ensure_topics, make_producer, unavailable
 from pipelines.results import RESULT_TYPES, AnyResult, DiffusionResult, parse_result
 from pipelines.settings import BlazeSettings
-from pipelines.status import JobState, JobStatus, StatusStore, StatusUpdate, status_store
-from pipelines.storage import ResultStore, S3ResultStore
+from pipelines.stores import connect
+from pipelines.stores.results import ResultStore
+from pipelines.stores.status import GroupsDone, JobState, JobStatus, StatusStore, StatusUpdate
 
 Progress = Callable[[int, int], None]
 
@@ -42,7 +43,15 @@ class JobHandle:
 
 
 class Client:
-    """Blaze from a producer's side. Create once and reuse: it holds a Kafka producer."""
+    """Blaze from a producer's side. Create once and reuse: it holds a Kafka producer.
+
+    Args:
+        settings: Where Kafka, Redis and S3 are.
+        status_store: The job status store (default: Redis from settings).
+        result_store: The result store (default: S3 from settings).
+        on_groups_done: Hears of job groups whose last job a ``cancel`` settled (the
+            composition root hands in the OpenAI batch finalizer here).
+    """
 
     def __init__(
         self,
@@ -50,10 +59,12 @@ class Client:
         *,
         status_store: StatusStore | None = None,
         result_store: ResultStore | None = None,
+        on_groups_done: GroupsDone | None = None,
     ) -> None:
         self.settings = settings
         self._status = status_store
         self._results = result_store
+        self.on_groups_done = on_groups_done
         self._producer: KafkaProducer | None = None
         self._topics_ready: set[str] = set()
 
@@ -61,13 +72,13 @@ class Client:
     @property
     def status_store(self) -> StatusStore:
         if self._status is None:
-            self._status = status_store(self.settings)
+            self._status = connect.status_store(self.settings)
         return self._status
 
     @property
     def result_store(self) -> ResultStore:
         if self._results is None:
-            self._results = S3ResultStore(self.settings)
+            self._results = connect.result_store(self.settings)
         return self._results
 
     def _topic(self, kind: str) -> str:
@@ -224,11 +235,8 @@ class Client:
         means the job is unknown.
         """
         states, applied = self.status_store.cancel(list(job_ids), reason, time.time())
-        if applied.groups_done:
-            from pipelines.openai_batch import BatchService
-
-            for group in applied.groups_done:
-                BatchService(self).finalize(group)
+        if applied.groups_done and self.on_groups_done is not None:
+            self.on_groups_done(applied.groups_done)
         return states
 
     def result_files(self, job_id: str) -> dict[str, bytes]:
@@ -261,11 +269,10 @@ class Client:
             self._producer.close(timeout=10)
             self._producer = None
         for store in (self._results, self._status):
-            close: Any = getattr(store, "close", None)
-            if callable(close):
-                close()
+            if store is not None:
+                store.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -286,8 +293,6 @@ def _stand_in(st: JobStatus) -> AnyResult:
 
 def read_jobs_file(path: str, defaults: dict[str, Any]) -> list[dict[str, Any]]:
     """Read a JSONL file of jobs (or plain prompts); raises ``ConfigError`` naming the line."""
-    from pipelines.errors import ConfigError
-
     rows: list[dict[str, Any]] = []
     try:
         with open(path, encoding="utf-8") as fh:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import re
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeGuard
 
@@ -23,6 +22,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from pipelines.errors import InvalidJob
+from pipelines.stores.deadletters import DeadLetter, Source
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"
 JobId = Annotated[
@@ -193,41 +195,6 @@ def batch_key(job: AnyJob) -> tuple[object, ...]:
     return (job.kind, job.model)
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where a message came from on Kafka."""
-
-    topic: str
-    partition: int
-    offset: int
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A message Blaze could not run, with why and where it came from."""
-
-    stage: str
-    reason: str
-    job_id: str | None = None
-    source: Source | None = None
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    payload: str = ""
-    at: str = field(default_factory=lambda: _now().isoformat())
-
-    def to_json(self) -> bytes:
-        src = None if self.source is None else self.source.__dict__
-        body = {
-            "job_id": self.job_id,
-            "stage": self.stage,
-            "reason": self.reason,
-            "errors": self.errors,
-            "source": src,
-            "at": self.at,
-            "payload": self.payload,
-        }
-        return json.dumps(body, default=str).encode()
-
-
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [
         {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]}
@@ -271,8 +238,6 @@ def parse_job(raw: bytes | None, kind: str, source: Source | None = None) -> Any
 
 def validate_job(data: dict[str, Any], kind: str = "llm") -> AnyJob:
     """Validate a job built in Python (SDK, CLI); raises ``InvalidJob`` naming the fields."""
-    from pipelines.errors import InvalidJob
-
     model = JOB_MODELS.get(kind)
     if model is None:
         raise InvalidJob(f"unknown job kind {kind!r}; known: {sorted(JOB_MODELS)}")

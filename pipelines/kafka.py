@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
 
@@ -65,3 +66,44 @@ def make_producer(settings: BlazeSettings, **overrides: Any) -> KafkaProducer:
         return KafkaProducer(**cfg)
     except (NoBrokersAvailable, KafkaError, OSError) as exc:
         raise unavailable(settings, exc) from None
+
+
+def read_from_start(
+    settings: BlazeSettings, topic: str, *, follow: bool = False, idle_s: float = 2.0, name: str
+) -> Iterator[Any]:
+    """Every record of ``topic`` from its beginning, partition by partition as they come.
+
+    Reads without a consumer group (nothing joined, nothing committed). Stops once the topic
+    stayed quiet for ``idle_s`` (unless ``follow``): end offsets are not trusted, as some
+    brokers (Tansu) under-report them. A topic that does not exist yields nothing.
+    """
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id=f"{settings.namespace}-{name}",
+            enable_auto_commit=False,
+            group_id=None,
+            **settings.kafka.client_config(),
+        )
+    except (NoBrokersAvailable, KafkaError, OSError) as exc:
+        raise unavailable(settings, exc) from None
+    try:
+        try:
+            parts = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            if not parts:
+                return
+            consumer.assign(parts)
+            consumer.seek_to_beginning(*parts)
+        except KafkaError as exc:
+            raise unavailable(settings, exc) from None
+        quiet_until = time.monotonic() + idle_s
+        while follow or time.monotonic() < quiet_until:
+            batch: dict[Any, list[Any]] = consumer.poll(timeout_ms=200)
+            for recs in batch.values():
+                if recs:
+                    quiet_until = time.monotonic() + idle_s
+                yield from recs
+    finally:
+        consumer.close(autocommit=False)

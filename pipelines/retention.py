@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from pipelines.settings import BlazeSettings
-from pipelines.storage import ObjectInfo, ResultStore
+from pipelines.stores.results import ObjectInfo, ResultStore
 
 AREAS = ("jobs", "batches", "openai-batches")
 _OPEN_BATCH = ("validating", "in_progress", "finalizing", "cancelling")

@@ -32,7 +32,7 @@ def settings_env(settings: BlazeSettings) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder: tiny random LLMs ``tiny`` and ``tiny2``, a tiny pipeline ``sd-tiny``."""
-    from engines.models import make_tiny_diffusion, make_tiny_llm
+    from blaze.dev.tiny_models import make_tiny_diffusion, make_tiny_llm
 
     root = tmp_path_factory.mktemp("models")
     make_tiny_llm(root / "tiny", seed=0)

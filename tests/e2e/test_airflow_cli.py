@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
-from pipelines.airflow_api import AirflowClient
 from pipelines.settings import BlazeSettings
+from pipelines.templates.airflow_api import AirflowClient
 from tests.e2e.conftest import User, wait_for_line
 
 pytestmark = pytest.mark.e2e

@@ -39,7 +39,7 @@ def test_engine_benchmark_prints_speedups_last(tiny_models: Path) -> None:
     res = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "bench" / "engines.py"),
+            str(ROOT / "bench" / "engine_batches.py"),
             "--model-dir",
             str(tiny_models / "tiny"),
             "--sizes",

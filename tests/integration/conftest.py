@@ -30,7 +30,7 @@ def running_worker(
     Stopped with SIGTERM afterwards unless the test already ended it.
     """
     log = log or Path(tempfile.mkdtemp()) / "worker.log"
-    cmd = [sys.executable, "-m", "pipelines.cli", "worker", "--device", "cpu", "--dtype", "float32"]
+    cmd = [sys.executable, "-m", "blaze", "worker", "--device", "cpu", "--dtype", "float32"]
     with log.open("ab") as fh:
         proc = subprocess.Popen(
             cmd, env=settings_env(settings), stdout=fh, stderr=subprocess.STDOUT

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pipelines.settings import BlazeSettings
-from pipelines.storage import S3ResultStore
+from pipelines.stores.results_s3 import S3ResultStore
 from tests.conftest import DAGS
 from tests.integration.conftest import running_intake, running_worker
 

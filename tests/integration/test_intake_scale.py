@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from pipelines.client import Client
-from pipelines.deadletters import read_letters
 from pipelines.jobs import LLMJob
 from pipelines.settings import BlazeSettings
-from pipelines.status import JobState, RedisStatusStore
-from pipelines.storage import S3ResultStore
+from pipelines.stores.deadletters_kafka import KafkaDeadLetters
+from pipelines.stores.results_s3 import S3ResultStore
+from pipelines.stores.status import JobState
+from pipelines.stores.status_redis import RedisStatusStore
 from tests.conftest import settings_env
 from tests.integration.conftest import running_intake, running_worker
 
@@ -113,7 +114,7 @@ def test_10000_bad_payloads_become_dead_letters_and_valid_jobs_still_complete(
         assert {s.state for s in final.values()} == {JobState.SUCCEEDED}
     bad = len(payloads) - len(valid)
     assert stats().received == len(payloads) and stats().dead_lettered == bad
-    letters = read_letters(settings)
+    letters = KafkaDeadLetters(settings).read()
     assert len(letters) == bad
     assert all(x.body["reason"] and x.body["source"]["offset"] >= 0 for x in letters)
     reasons = {str(x.body["reason"]).split(":")[0].split(" '")[0] for x in letters}
@@ -131,7 +132,7 @@ def test_consumer_killed_at_random_moments_loses_and_duplicates_nothing(
         }
     )
     env = settings_env(settings)
-    cmd = [sys.executable, "-m", "pipelines.cli", "consume"]
+    cmd = [sys.executable, "-m", "blaze", "consume"]
     rng = random.Random(11)
     jobs = [LLMJob(model="tiny", prompt=f"crash {i}", max_new_tokens=1) for i in range(1500)]
     ids = [j.job_id for j in jobs]

@@ -8,7 +8,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from pipelines.client import Client
 from pipelines.jobs import LLMJob
 from pipelines.settings import BlazeSettings
-from pipelines.status import JobState
+from pipelines.stores.status import JobState
 from tests.integration.conftest import running_intake, running_worker
 
 pytestmark = pytest.mark.integration
@@ -105,7 +105,7 @@ def test_dead_letters_are_listed_and_replayed_after_a_fix(settings: BlazeSetting
 
     def blaze(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", *args],
+            [sys.executable, "-m", "blaze", *args],
             env=env,
             capture_output=True,
             text=True,
@@ -183,7 +183,7 @@ def test_diffusion_jobs_end_as_pngs_in_the_bucket(settings: BlazeSettings) -> No
 def test_embedding_jobs_flow_through_the_pipeline(settings: BlazeSettings) -> None:
     from pipelines.jobs import EmbedJob
     from pipelines.results import parse_result
-    from pipelines.storage import S3ResultStore
+    from pipelines.stores.results_s3 import S3ResultStore
 
     jobs = [
         EmbedJob(job_id=f"emb-{i}", model="all-minilm-l6-v2", texts=[f"text {i}", "shared"])

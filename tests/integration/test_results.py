@@ -14,15 +14,18 @@ from minio import Minio
 
 from consumers.dispatch import CeleryDispatcher
 from engines.base import Output
-from engines.worker import BatchRunner, EngineCache
+from engines.cache import EngineCache
+from engines.runner import BatchRunner
 from pipelines.client import Client
-from pipelines.events import read_status_events
 from pipelines.jobs import AnyJob, DiffusionJob, LLMJob
 from pipelines.results import DiffusionResult, LLMResult
 from pipelines.retention import sweep
 from pipelines.settings import BlazeSettings
-from pipelines.status import JobState, RedisStatusStore, status_store
-from pipelines.storage import S3ResultStore
+from pipelines.stores.connect import status_store
+from pipelines.stores.events_kafka import KafkaStatusEvents
+from pipelines.stores.results_s3 import S3ResultStore
+from pipelines.stores.status import JobState
+from pipelines.stores.status_redis import RedisStatusStore
 from pipelines.tasks import batch_payload
 from tests.integration.conftest import running_intake, running_worker
 
@@ -137,7 +140,7 @@ def test_a_bucket_reader_never_sees_a_partial_result_and_ends_with_all_200(
 
     # every state change is on the status topic, in order per job
     seen: dict[str, list[JobState]] = {}
-    for ev in read_status_events(settings, idle_s=3):
+    for ev in KafkaStatusEvents(settings).read(idle_s=3):
         seen.setdefault(ev.job_id, []).append(ev.state)
     for jid in ids:
         states = seen[jid]
@@ -271,6 +274,6 @@ def test_status_store_claims_and_cancels_atomically(settings: BlazeSettings) -> 
 
 
 def _queued(job_id: str) -> Any:
-    from pipelines.status import StatusUpdate
+    from pipelines.stores.status import StatusUpdate
 
     return StatusUpdate(job_id, JobState.QUEUED)

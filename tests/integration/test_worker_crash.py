@@ -11,7 +11,7 @@ import pytest
 from pipelines.client import Client
 from pipelines.jobs import LLMJob
 from pipelines.settings import BlazeSettings
-from pipelines.status import JobState
+from pipelines.stores.status import JobState
 from tests.integration.conftest import running_intake, running_worker
 
 pytestmark = pytest.mark.integration

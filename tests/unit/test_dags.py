@@ -52,7 +52,7 @@ def test_a_bad_template_is_an_import_error_naming_it_and_the_rest_still_load(
 def test_a_step_whose_jobs_failed_fails_naming_them(airflow_home: Path) -> None:
     from airflow.sdk.exceptions import AirflowException
 
-    from pipelines.airflow_tasks import BlazeJobsOperator, BlazeJobsTrigger
+    from pipelines.templates.operators import BlazeJobsOperator, BlazeJobsTrigger
 
     op = BlazeJobsOperator(
         task_id="screen", template_path=str(DAGS), step_id="screen"
@@ -77,7 +77,10 @@ def test_a_step_whose_jobs_failed_fails_naming_them(airflow_home: Path) -> None:
         op.execute_complete({}, timeout)
     trigger = BlazeJobsTrigger(["a", "b"], "ns", 60.0)
     path, kwargs = trigger.serialize()
-    assert path == "pipelines.airflow_tasks.BlazeJobsTrigger" and kwargs["job_ids"] == ["a", "b"]
+    assert path == "pipelines.templates.operators.BlazeJobsTrigger" and kwargs["job_ids"] == [
+        "a",
+        "b",
+    ]
 
 
 class _Step:

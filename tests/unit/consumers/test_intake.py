@@ -6,11 +6,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from consumers.dispatch import MemoryDispatcher, Router
-from consumers.intake import Intake, MemoryDeadLetters
+from consumers.intake import Intake
 from pipelines.jobs import DiffusionJob, LLMJob
 from pipelines.registry import ModelSpec, Registry
 from pipelines.settings import BlazeSettings
-from pipelines.status import JobState, MemoryStatusStore
+from pipelines.stores.deadletters_memory import MemoryDeadLetters
+from pipelines.stores.status import JobState
+from pipelines.stores.status_memory import MemoryStatusStore
 
 
 @dataclass

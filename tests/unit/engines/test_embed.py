@@ -5,7 +5,7 @@ import math
 import pytest
 
 from engines.embed import TransformersEmbedder
-from engines.models import resolve_model
+from engines.sources import resolve_model
 from pipelines.jobs import EmbedJob
 from pipelines.registry import EMBED_MODEL, load_registry
 from pipelines.settings import BlazeSettings

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from engines.llm import TransformersLLM
-from engines.models import install_demo_model
+from engines.sources import install_demo_model
 from pipelines.jobs import ChatMessage, LLMJob
 from pipelines.registry import DEMO_MODEL
 from pipelines.settings import BlazeSettings

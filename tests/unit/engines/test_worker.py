@@ -8,13 +8,16 @@ from typing import Any
 import pytest
 
 from engines.base import Engine, Output
+from engines.cache import EngineCache
 from engines.devices import pin_device
-from engines.worker import BatchRunner, EngineCache, is_out_of_memory, run_isolated
+from engines.isolate import is_out_of_memory, run_isolated
+from engines.runner import BatchRunner
 from pipelines.errors import ConfigError, ModelUnavailable
 from pipelines.jobs import DiffusionJob, LLMJob
 from pipelines.settings import BlazeSettings
-from pipelines.status import JobState, MemoryStatusStore, StatusUpdate
-from pipelines.storage import MemoryResultStore
+from pipelines.stores.results_memory import MemoryResultStore
+from pipelines.stores.status import JobState, StatusUpdate
+from pipelines.stores.status_memory import MemoryStatusStore
 from pipelines.tasks import batch_payload
 
 SETTINGS = BlazeSettings(namespace="unit")
@@ -175,7 +178,7 @@ def test_runner_isolates_a_crashing_job_inside_a_batch() -> None:
 
 
 def test_diffusion_results_list_their_images_written_before_the_document(tiny_models: Path) -> None:
-    from engines.worker import engine_factory
+    from engines.factory import engine_factory
 
     settings = BlazeSettings(
         namespace="unit", models_dir=tiny_models, registry_file=tiny_models / "none.yaml"

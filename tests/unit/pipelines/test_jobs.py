@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.errors import InvalidJob
-from pipelines.jobs import DeadLetter, LLMJob, Source, parse_job, validate_job
+from pipelines.jobs import LLMJob, parse_job, validate_job
+from pipelines.stores.deadletters import DeadLetter, Source
 
 SRC = Source("blaze.jobs.llm", 2, 41)
 

@@ -6,15 +6,18 @@ from typing import ClassVar
 
 import pytest
 
+from blaze.sdk import Client
 from engines.base import Output
-from engines.worker import BatchRunner, EngineCache
-from pipelines.client import Client
+from engines.cache import EngineCache
+from engines.runner import BatchRunner
 from pipelines.errors import BlazeError, ConfigError
 from pipelines.jobs import DiffusionJob, EmbedJob, LLMJob
-from pipelines.openai_batch import BatchService, parse_batch_lines, parse_request, read_batch_file
+from pipelines.openai.requests import parse_batch_lines, parse_request, read_batch_file
+from pipelines.openai.service import BatchService, finalize_groups
 from pipelines.settings import BlazeSettings, parse_duration
-from pipelines.status import JobState, MemoryStatusStore
-from pipelines.storage import MemoryResultStore
+from pipelines.stores.results_memory import MemoryResultStore
+from pipelines.stores.status import JobState
+from pipelines.stores.status_memory import MemoryStatusStore
 from pipelines.tasks import batch_payload
 
 SETTINGS = BlazeSettings(namespace="unit")
@@ -152,21 +155,17 @@ class Upper:
         return {"model": self.name, "weights": "0123456789abcdef0123"}
 
 
-def flow(tmp_path: Path, lines: list[str]) -> tuple[BatchService, BatchRunner, MemoryStatusStore]:
+def flow(tmp_path: Path, lines: list[str]) -> tuple[BatchService, BatchRunner, Client]:
     store, status = MemoryResultStore(), MemoryStatusStore()
     client = Client(SETTINGS, status_store=status, result_store=store)
     client._get_producer = lambda: _NullProducer()  # type: ignore[method-assign]
     client._topic = lambda kind: "topic"  # type: ignore[method-assign]
-    service = BatchService(client)
+    service = client.batches()
     runner = BatchRunner(
-        SETTINGS,
-        store,
-        status,
-        EngineCache(Upper, "cpu"),
-        on_groups_done=lambda groups: [service.finalize(g) for g in groups],
+        SETTINGS, store, status, EngineCache(Upper, "cpu"), on_groups_done=finalize_groups(service)
     )
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
-    return service, runner, status
+    return service, runner, client
 
 
 class _NullProducer:
@@ -195,13 +194,13 @@ def test_the_whole_batch_flow_in_memory(tmp_path: Path) -> None:
     lines.append(line("boom", chat("boom")))
     lines.append(line("bad", chat(max_tokens=0)))
     lines.append(line("gone", chat("never")))
-    service, runner, _ = flow(tmp_path, lines)
+    service, runner, client = flow(tmp_path, lines)
     info = service.submit(tmp_path / "in.jsonl")
     assert info.status == "in_progress" and info.request_counts.total == 8
     assert info.request_counts.failed == 1  # the invalid line, known at once
     jobs = [json.loads(v) for v in _NullProducer.sent[-7:]]
     assert len(jobs) == 7
-    assert service.client.cancel([jobs[-1]["job_id"]])[jobs[-1]["job_id"]] is JobState.CANCELLED
+    assert client.cancel([jobs[-1]["job_id"]])[jobs[-1]["job_id"]] is JobState.CANCELLED
     assert service.refresh(info.id).status == "in_progress"
     with pytest.raises(BlazeError, match="in_progress"):
         service.download(info.id, tmp_path / "early")

@@ -80,7 +80,7 @@ def test_model_sources_are_validated(source: str, ok: bool) -> None:
 def test_hub_models_must_be_installed_and_say_how(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engines.models import install_model, resolve_model
+    from engines.sources import install_model, resolve_model
     from pipelines.errors import ModelUnavailable
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -96,7 +96,7 @@ def test_hub_models_must_be_installed_and_say_how(
 
 
 def test_a_missing_wheel_is_named(tmp_path: Path) -> None:
-    from engines.models import resolve_model
+    from engines.sources import resolve_model
     from pipelines.errors import ModelUnavailable
 
     spec = parse_registry({"models": {"w": {"source": "wheel:no_such_pkg/x.gguf"}}}, "r.yaml")["w"]

@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.expressions import ExpressionError, evaluate, parse, text_template
-from pipelines.templates import (
+from pipelines.templates.expressions import ExpressionError, evaluate, parse, text_template
+from pipelines.templates.spec import (
     TemplateError,
     load_template,
     parse_template,

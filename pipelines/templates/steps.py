@@ -1,6 +1,6 @@
 """Running template steps, without Airflow: jobs to submit, outputs to collect, transforms.
 
-Airflow tasks (``pipelines.airflow_tasks``) call these; so can tests and other schedulers.
+Airflow operators (``pipelines.templates.operators``) call these; so can tests and other schedulers.
 Job ids are derived from the template, the run and the step, so a retried task resubmits the
 same ids and finds the jobs that already finished instead of running them again.
 """
@@ -17,11 +17,12 @@ from typing import Any
 
 from pipelines.client import Client
 from pipelines.errors import BlazeError, InvalidJob
-from pipelines.expressions import ExpressionError, evaluate, parse, text_template
 from pipelines.jobs import AnyJob, validate_job
-from pipelines.openai_batch import ENDPOINTS, success_line
+from pipelines.openai.outputs import success_line
+from pipelines.openai.requests import ENDPOINTS
 from pipelines.results import AnyResult, DiffusionResult, EmbedResult, LLMResult, parse_result
-from pipelines.templates import (
+from pipelines.templates.expressions import ExpressionError, evaluate, parse, text_template
+from pipelines.templates.spec import (
     AnyStep,
     BranchStep,
     ContactSheetStep,

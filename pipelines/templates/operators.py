@@ -29,23 +29,23 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from pipelines.client import Client
 from pipelines.errors import BlazeError
-from pipelines.pipeline_steps import (
-    RunContext,
-    build_jobs,
-    choose_branch,
-    job_outputs,
-    run_transform,
-)
 from pipelines.results import parse_result
 from pipelines.settings import BlazeSettings, load_settings
-from pipelines.status import JobState
-from pipelines.templates import (
+from pipelines.stores.status import JobState
+from pipelines.templates.spec import (
     BranchStep,
     DiffusionStep,
     EmbedStep,
     LLMStep,
     load_template,
     resolve_params,
+)
+from pipelines.templates.steps import (
+    RunContext,
+    build_jobs,
+    choose_branch,
+    job_outputs,
+    run_transform,
 )
 
 log = logging.getLogger(__name__)

@@ -1,23 +1,17 @@
-"""Result storage: the ``ResultStore`` contract, an in-memory store and the S3 store.
+"""The S3 ``ResultStore``: AWS S3, MinIO or SeaweedFS through the minio SDK.
 
-Each result is one object written with a single PUT, so a reader sees either nothing or the
-whole document. Writes of a batch run concurrently because one PUT costs a round trip. Writes
-that must never replace what is there (result documents, images) are conditional: S3's
-``If-None-Match: *`` makes the first writer win, and the store reports the keys it found taken.
-Objects above ``multipart_threshold_mb`` (and streamed files of unknown size) go up in parts.
+Writes of a batch run concurrently (one PUT costs a round trip); first-writer-wins writes use
+``If-None-Match: *``; objects above ``multipart_threshold_mb`` go up in parts.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 import urllib3
 from minio import Minio
@@ -26,115 +20,12 @@ from minio.error import S3Error
 
 from pipelines.errors import ServiceUnavailable
 from pipelines.settings import BlazeSettings
+from pipelines.stores.results import Item, ObjectInfo
 
 log = logging.getLogger(__name__)
 
-Item = tuple[str, bytes, str]
-"""``(key, data, content_type)`` of one object to write."""
-
 PART_SIZE = 8 << 20
 _MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """One stored object: its key, size and last-modified time."""
-
-    key: str
-    size: int
-    modified: datetime
-
-
-class ResultStore(Protocol):
-    """Objects by key, for results, images, manifests and batch files."""
-
-    def put_many(self, items: Sequence[Item], *, if_absent: bool = False) -> set[str]:
-        """Write items; raises if any write failed.
-
-        With ``if_absent`` an existing object is left as it is; returns the keys that were
-        already taken (always empty without ``if_absent``).
-        """
-        ...
-
-    def put_stream(self, key: str, data: BinaryIO, content_type: str) -> None:
-        """Write a file of any size from a readable stream, in parts."""
-        ...
-
-    def get(self, key: str) -> bytes | None: ...
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
-        """Several objects at once (concurrently where the backend allows)."""
-        ...
-
-    def existing(self, keys: Iterable[str]) -> set[str]:
-        """The subset of ``keys`` that already exist."""
-        ...
-
-    def list_keys(self, prefix: str) -> list[str]: ...
-
-    def scan(self, prefix: str) -> list[ObjectInfo]:
-        """Every object under ``prefix`` with its size and time."""
-        ...
-
-    def delete_many(self, keys: Sequence[str]) -> int:
-        """Delete objects (missing ones are fine); returns how many were asked for."""
-        ...
-
-    def presign(self, key: str, expires_s: int) -> str:
-        """A URL that reads ``key`` without credentials until it expires."""
-        ...
-
-
-class MemoryResultStore:
-    """A dict-backed store for unit tests and docs; inspect ``objects`` directly."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.objects: dict[str, bytes] = {}
-        self.modified: dict[str, float] = {}
-        self.clock = clock
-        self._lock = threading.Lock()
-
-    def put_many(self, items: Sequence[Item], *, if_absent: bool = False) -> set[str]:
-        taken: set[str] = set()
-        with self._lock:
-            for key, data, _ in items:
-                if if_absent and key in self.objects:
-                    taken.add(key)
-                    continue
-                self.objects[key] = data
-                self.modified[key] = self.clock()
-        return taken
-
-    def put_stream(self, key: str, data: BinaryIO, content_type: str) -> None:
-        self.put_many([(key, data.read(), content_type)])
-
-    def get(self, key: str) -> bytes | None:
-        return self.objects.get(key)
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
-        return {k: self.objects.get(k) for k in keys}
-
-    def existing(self, keys: Iterable[str]) -> set[str]:
-        return {k for k in keys if k in self.objects}
-
-    def list_keys(self, prefix: str) -> list[str]:
-        return sorted(k for k in self.objects if k.startswith(prefix))
-
-    def scan(self, prefix: str) -> list[ObjectInfo]:
-        return [
-            ObjectInfo(k, len(self.objects[k]), datetime.fromtimestamp(self.modified[k], UTC))
-            for k in self.list_keys(prefix)
-        ]
-
-    def delete_many(self, keys: Sequence[str]) -> int:
-        with self._lock:
-            for k in keys:
-                self.objects.pop(k, None)
-                self.modified.pop(k, None)
-        return len(keys)
-
-    def presign(self, key: str, expires_s: int) -> str:
-        return f"memory://{key}?expires={expires_s}"
 
 
 class S3ResultStore:

@@ -1,18 +1,10 @@
-"""The in-memory result store's contract and the retention sweep over it."""
+"""The retention sweep, over the in-memory result store."""
 
 from pipelines.retention import sweep
 from pipelines.settings import BlazeSettings
-from pipelines.storage import MemoryResultStore
+from pipelines.stores.results_memory import MemoryResultStore
 
 SETTINGS = BlazeSettings(namespace="unit")
-
-
-def test_if_absent_keeps_the_first_object_and_reports_the_taken_keys() -> None:
-    store = MemoryResultStore()
-    assert store.put_many([("k", b"1", "x"), ("j", b"2", "x")], if_absent=True) == set()
-    assert store.put_many([("k", b"3", "x"), ("n", b"4", "x")], if_absent=True) == {"k"}
-    assert store.get("k") == b"1" and store.get("n") == b"4"
-    assert store.put_many([("k", b"5", "x")]) == set() and store.get("k") == b"5"
 
 
 def test_sweep_deletes_whole_prefixes_whose_newest_object_is_old() -> None:

@@ -6,7 +6,7 @@ batch) or small built-in transforms (``read_jsonl``, ``split_lines``, ``format``
 ``report``, ``contact_sheet``, ``openai_output``); a ``branch`` step picks which steps run next
 from earlier outputs. Each step runs after the steps in ``after`` (default: the step before it)
 under an explicit Airflow ``trigger_rule``. Conditions and text fields use the safe expression
-language of ``pipelines.expressions`` (never ``eval``).
+language of ``pipelines.templates.expressions`` (never ``eval``).
 
 ``load_template`` validates everything up front and raises ``TemplateError`` naming the file,
 the step and the field: an unknown step kind, an undeclared parameter, a reference to a step
@@ -25,9 +25,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from pipelines.errors import ConfigError
-from pipelines.expressions import ExpressionError, Reference, parse, references, text_template
+from pipelines.templates.expressions import (
+    ExpressionError,
+    Reference,
+    parse,
+    references,
+    text_template,
+)
 
-SHIPPED_DIR = Path(__file__).parent / "pipeline_templates"
+SHIPPED_DIR = Path(__file__).parent / "shipped"
 StepId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 TemplateName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 ParamName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]

@@ -13,7 +13,7 @@ Prints tables, then as the last line one JSON object
 ``{"llm_speedup": {"8": x, "16": y, "32": z}, "diffusion_speedup": {"4": x, "8": y}}``:
 throughput at that batch size over batch 1.
 
-    .venv/bin/python bench/engines.py [--sizes 1,8,16,32] [--diffusion-sizes 1,4,8]
+    .venv/bin/python bench/engine_batches.py [--sizes 1,8,16,32] [--diffusion-sizes 1,4,8]
 """
 
 from __future__ import annotations
@@ -21,14 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
-
-# This file is named like the `engines` package: import the package, not this script.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
 
 PROMPTS = [
     "What is the capital of France?",
@@ -74,7 +68,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from engines.llm import TransformersLLM
-    from engines.models import install_demo_model
+    from engines.sources import install_demo_model
     from pipelines.jobs import ChatMessage, LLMJob
     from pipelines.registry import DEMO_MODEL
     from pipelines.settings import BlazeSettings
@@ -137,8 +131,8 @@ def main() -> None:
 def bench_diffusion(args: argparse.Namespace, sizes: list[int]) -> dict[int, float]:
     import tempfile
 
+    from blaze.dev.tiny_models import make_tiny_diffusion
     from engines.diffusion import DiffusersEngine
-    from engines.models import make_tiny_diffusion
     from pipelines.jobs import DiffusionJob
     from pipelines.registry import ModelSpec
 

@@ -1,0 +1,100 @@
+"""``blaze dlq``: the dead letters, listed and replayed after a fix."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from blaze.cli.render import cli_settings, err, out
+from pipelines.errors import ConfigError
+from pipelines.replay import fixed_job, parse_assignments
+
+group = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
+
+
+@group.command("list")
+def dlq_list(
+    limit: Annotated[int | None, typer.Option(min=1, help="show at most this many")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Show dead letters: where each came from, its job id and why it was rejected."""
+    from pipelines.stores import connect
+
+    store = connect.dead_letters(cli_settings())
+    try:
+        letters = store.read(limit=limit)
+    finally:
+        store.close()
+    if as_json:
+        for letter in letters:
+            sys.stdout.write(json.dumps({"ref": letter.ref, **letter.body}) + "\n")
+        return
+    table = Table("ref", "at", "job id", "stage", "reason")
+    for letter in letters:
+        b = letter.body
+        table.add_row(
+            letter.ref,
+            str(b.get("at", ""))[:19],
+            str(b.get("job_id") or "-"),
+            str(b.get("stage", "")),
+            str(b.get("reason", "")),
+        )
+    out.print(table)
+    out.print(f"{len(letters)} dead letters", highlight=False)
+
+
+@group.command("replay")
+def dlq_replay(
+    ref: Annotated[
+        list[str] | None, typer.Option("--ref", help="PARTITION:OFFSET (repeatable)")
+    ] = None,
+    job: Annotated[list[str] | None, typer.Option("--job", help="job id (repeatable)")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every dead letter")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="key=value applied before resubmitting")
+    ] = None,
+) -> None:
+    """Resubmit chosen dead letters (optionally fixed with --set); prints the job ids."""
+    from blaze.sdk import Client
+    from pipelines.stores import connect
+
+    if not (ref or job or all_):
+        raise ConfigError("choose letters with --ref, --job or --all")
+    changes = parse_assignments(set_ or [])
+    settings = cli_settings()
+    store = connect.dead_letters(settings)
+    try:
+        letters = store.read()
+    finally:
+        store.close()
+    chosen = [
+        x for x in letters if all_ or x.ref in (ref or []) or (x.body.get("job_id") in (job or []))
+    ]
+    missing = {*(ref or [])} - {x.ref for x in chosen}
+    missing |= {*(job or [])} - {str(x.body.get("job_id")) for x in chosen}
+    if missing:
+        raise ConfigError(f"no dead letter matches {', '.join(sorted(missing))}")
+    jobs, skipped = [], []
+    for letter in chosen:
+        try:
+            jobs.append(fixed_job(letter, changes))
+        except ConfigError as exc:
+            skipped.append(str(exc))
+    latest = {j.job_id: j for j in jobs}  # a job dead-lettered twice is replayed once
+    with Client(settings) as client:
+        handles = client.submit_many(list(latest.values()), restart=True)
+    for h in handles:
+        out.print(h.job_id, highlight=False)
+    for why in skipped:
+        err.print(f"skipped: {why}", highlight=False)
+    err.print(f"replayed {len(handles)}, skipped {len(skipped)}", highlight=False)
+    if skipped:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(group, name="dlq")

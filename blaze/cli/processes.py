@@ -1,0 +1,100 @@
+"""``blaze worker`` and ``blaze consume``: the long-running processes, composed here.
+
+The worker is handed its stores and the OpenAI batch finalizer from here, so ``engines``
+needs neither the producer SDK nor the OpenAI layer. Each command imports its process's
+packages when it runs, so other commands start without them.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
+from blaze.cli.render import cli_settings, setup_logging
+from engines.base import DTYPE_NAMES
+from pipelines.errors import ConfigError
+from pipelines.jobs import JOB_KINDS
+
+
+def worker(
+    device: Annotated[str, typer.Option(help="cpu or cuda:N")] = "cpu",
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="preload this model (repeatable)")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="bfloat16, float16 or float32 (default: the registry's)")
+    ] = None,
+    kind: Annotated[
+        list[str] | None, typer.Option("--kind", help="llm, diffusion, embed (default: all)")
+    ] = None,
+    loglevel: str = "INFO",
+) -> None:
+    """Run a Celery worker pinned to one device, serving that device's queues."""
+    for k in kind or []:
+        if k not in JOB_KINDS:
+            raise ConfigError(f"--kind must be llm, diffusion or embed, got {k!r}")
+    if dtype is not None and dtype not in DTYPE_NAMES:
+        raise ConfigError(f"--dtype must be bfloat16, float16 or float32, got {dtype!r}")
+    settings = cli_settings()
+    from engines.devices import pin_device
+
+    pin_device(device)  # validates (and pins) before torch is imported
+    from engines.worker import run_worker
+    from pipelines.openai.service import BatchService, finalize_groups
+    from pipelines.stores import connect
+
+    setup_logging(loglevel)
+    results = connect.result_store(settings)
+    results.ensure_bucket()
+    status = connect.status_store(settings)
+    try:
+        run_worker(
+            settings,
+            results=results,
+            status=status,
+            on_groups_done=finalize_groups(BatchService(settings, results, status)),
+            device=device,
+            preload=model or [],
+            dtype=dtype,
+            loglevel=loglevel,
+            kinds=kind or JOB_KINDS,
+        )
+    finally:
+        results.close()
+        status.close()
+
+
+def consume(
+    device: Annotated[
+        list[str] | None,
+        typer.Option("--device", help="route only to these devices (repeatable; default: all)"),
+    ] = None,
+    strategy: Annotated[
+        str, typer.Option(help="least_outstanding or round_robin")
+    ] = "least_outstanding",
+    loglevel: str = "INFO",
+) -> None:
+    """Run the Kafka intake consumer: batch jobs and dispatch them to worker queues."""
+    stop = threading.Event()  # SIGTERM during start-up still means a clean stop
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if strategy not in ("least_outstanding", "round_robin"):
+        raise ConfigError(f"--strategy must be least_outstanding or round_robin, got {strategy!r}")
+    for d in device or []:
+        if d != "cpu" and not (d.startswith("cuda:") and d[5:].isdigit()):
+            raise ConfigError(f"--device must be 'cpu' or 'cuda:N', got {d!r}")
+    settings = cli_settings()
+    setup_logging(loglevel)
+    from consumers.intake import run_intake
+    from pipelines.registry import load_registry
+
+    registry = load_registry(settings)
+    run_intake(settings, devices=device, stop=stop, strategy=strategy, registry=registry)  # type: ignore[arg-type]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(worker)
+    app.command()(consume)

@@ -1,0 +1,93 @@
+"""What every command shares: consoles, settings, progress bars, job id arguments, exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pipelines.errors import ConfigError, JobTimeout
+from pipelines.jobs import is_job_id
+from pipelines.settings import BlazeSettings, load_settings
+
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class ExitCode(Exception):
+    """End the command with this exit code and one error line."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def cli_settings() -> BlazeSettings:
+    return load_settings()
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("kafka", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def job_ids_of(job_ids: list[str]) -> list[str]:
+    """Job ids from arguments; ``-`` reads more from standard input (one per line)."""
+    ids: list[str] = []
+    for arg in job_ids:
+        if arg == "-":
+            ids.extend(line.strip() for line in sys.stdin if line.strip())
+        else:
+            ids.append(arg)
+    bad = [j for j in ids if not is_job_id(j)]
+    if bad:
+        raise ConfigError(f"not a job id: {bad[0]!r}")
+    if not ids:
+        raise ConfigError("no job ids given")
+    return list(dict.fromkeys(ids))
+
+
+def when(ts: float | None) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
+
+
+def when_day(ts: float) -> str:
+    return datetime.fromtimestamp(ts).isoformat(timespec="seconds")
+
+
+def progress_bar(label: str, total: int, transient: bool = False) -> Progress:
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=transient,
+    )
+
+
+def wait_with_bar(client: Any, job_ids: list[str], timeout: float | None) -> dict[str, Any]:
+    """``client.wait`` with a progress bar; a timeout ends the command with exit code 3."""
+    with progress_bar("jobs done", len(job_ids)) as bar:
+        task = bar.add_task("wait", total=len(set(job_ids)))
+        try:
+            result: dict[str, Any] = client.wait(
+                job_ids,
+                timeout=timeout,
+                progress=lambda d, t: bar.update(task, completed=d, total=t),
+            )
+        except JobTimeout as exc:
+            raise ExitCode(
+                3,
+                f"{exc} (pending: {' '.join(exc.pending[:5])}{' ...' * (len(exc.pending) > 5)})",
+            ) from None
+    return result

@@ -1,0 +1,1 @@
+"""Development aids: nothing on a serving path imports this package."""

@@ -1,0 +1,76 @@
+"""Engines by model name, loaded once on the worker's device and reused across batches."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from engines.base import Engine, memory_bytes
+from engines.factory import EngineFactory
+from engines.isolate import free_accelerator_memory
+from pipelines.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+RETRY_FAILED_LOAD_S = 60.0
+
+
+@dataclass
+class EngineCache:
+    """Engines by model name, each loaded once on this worker's device and then reused.
+
+    With a ``budget_bytes``, loading a model that would not fit unloads the least recently
+    used ones first. A model that fails to load is remembered as unhealthy for
+    ``RETRY_FAILED_LOAD_S``: its jobs fail with the load error instead of the worker crashing
+    or reloading every batch.
+    """
+
+    factory: EngineFactory
+    device: str
+    budget_bytes: int | None = None
+    engines: OrderedDict[str, Engine[Any]] = field(default_factory=OrderedDict)
+    failures: dict[str, tuple[float, str]] = field(default_factory=dict)
+    unloaded: list[str] = field(default_factory=list)
+
+    def get(self, model: str) -> Engine[Any]:
+        if model in self.engines:
+            self.engines.move_to_end(model)
+            return self.engines[model]
+        failed = self.failures.get(model)
+        if failed and time.monotonic() - failed[0] < RETRY_FAILED_LOAD_S:
+            raise ModelUnavailable(failed[1])
+        try:
+            engine = self.factory(model)
+            engine.load(self.device)
+        except ModelUnavailable as exc:
+            self.failures[model] = (time.monotonic(), str(exc))
+            raise
+        except Exception as exc:  # any loader error marks the model unhealthy, not the worker
+            msg = f"model {model} failed to load: {type(exc).__name__}: {exc}"
+            self.failures[model] = (time.monotonic(), msg)
+            raise ModelUnavailable(msg) from exc
+        self.failures.pop(model, None)
+        self.engines[model] = engine
+        self._fit_budget(keep=model)
+        return engine
+
+    def loaded_bytes(self) -> int:
+        return sum(memory_bytes(e) for e in self.engines.values())
+
+    def _fit_budget(self, keep: str) -> None:
+        if self.budget_bytes is None:
+            return
+        while self.loaded_bytes() > self.budget_bytes and len(self.engines) > 1:
+            victim = next(m for m in self.engines if m != keep)
+            del self.engines[victim]
+            self.unloaded.append(victim)
+            free_accelerator_memory()
+            log.info("unloaded %s (least recently used) to stay under the memory budget", victim)
+
+    def health(self) -> dict[str, str]:
+        out = {m: "loaded" for m in self.engines}
+        out.update({m: f"unhealthy: {why}" for m, (_, why) in self.failures.items()})
+        return out

@@ -1,0 +1,306 @@
+"""One dispatched batch end to end: claim, skip what is done, run, write results, settle.
+
+Per batch: skip jobs that already have a result (redelivery), mark the rest running, run the
+engine once per model, write every result to S3 concurrently, then record terminal states in
+one pipelined call. Infrastructure errors propagate (the task retries); job errors fail only
+their jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from engines.base import Output
+from engines.cache import EngineCache
+from engines.isolate import free_accelerator_memory, run_isolated
+from pipelines.errors import ModelUnavailable
+from pipelines.jobs import AnyJob, DiffusionJob, EmbedJob, Job, is_job_id, job_seed
+from pipelines.results import (
+    RESULT_TYPES,
+    AnyResult,
+    DiffusionResult,
+    EmbedResult,
+    ImageRef,
+    LLMResult,
+    Usage,
+    parse_result,
+)
+from pipelines.settings import BlazeSettings
+from pipelines.stores.results import ResultStore
+from pipelines.stores.status import GroupsDone, JobState, StatusStore, StatusUpdate
+
+log = logging.getLogger(__name__)
+
+_JOB: TypeAdapter[AnyJob] = TypeAdapter(Job)
+
+
+class BatchRunner:
+    """Runs one dispatched batch end to end; safe to call again with the same batch.
+
+    Per batch: claim the jobs (a cancelled job is refused and never runs), skip jobs whose
+    earlier attempt already left a result, run the engine once per model, write images and
+    then result documents with first-writer-wins puts, record terminal states in one call,
+    and write the batch manifest. ``on_groups_done`` hears of groups (OpenAI-style batches)
+    whose last job this batch settled.
+    """
+
+    def __init__(
+        self,
+        settings: BlazeSettings,
+        results: ResultStore,
+        status: StatusStore,
+        engines: EngineCache,
+        on_groups_done: GroupsDone | None = None,
+        worker_name: str = "",
+    ) -> None:
+        self.settings = settings
+        self.results = results
+        self.status = status
+        self.engines = engines
+        self.on_groups_done = on_groups_done
+        self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
+
+    def run(self, payload: dict[str, Any]) -> dict[str, int]:
+        started = time.time()
+        queued_at = float(payload.get("queued_at", started))
+        jobs, broken = self._parse(payload.get("jobs", []))
+        # Unseeded jobs get a seed from their id: a rerun reproduces the same output.
+        jobs = [
+            j if j.seed is not None else j.model_copy(update={"seed": job_seed(j.job_id)})
+            for j in jobs
+        ]
+        keys = {j.job_id: self.settings.result_key(j.job_id) for j in jobs}
+        claims = self.status.claim(list(keys), started)
+        claimed = [j for j in jobs if claims[j.job_id].claimed]
+        cancelled = [j for j in jobs if claims[j.job_id].state is JobState.CANCELLED]
+        # Only a job claimed before can have a result (claims precede results), so the
+        # bucket is asked about those alone instead of a HEAD per job.
+        rerun = [keys[j.job_id] for j in claimed if claims[j.job_id].attempts > 1]
+        done = self.results.existing(rerun) if rerun else set()
+        todo = [j for j in claimed if keys[j.job_id] not in done]
+        docs: list[AnyResult] = list(broken)
+        blobs: list[tuple[str, bytes, str]] = []
+        by_model: dict[str, list[AnyJob]] = {}
+        for j in todo:
+            by_model.setdefault(j.model, []).append(j)
+        for model, group in by_model.items():
+            got_docs, got_blobs = self._run_model(model, group, queued_at, len(jobs))
+            docs.extend(got_docs)
+            blobs.extend(got_blobs)
+        # Images first: whoever sees result.json finds every image it names. Both are
+        # first-writer-wins, so a concurrent rerun of a job can never replace its result.
+        self.results.put_many(blobs, if_absent=True)
+        docs.extend(cancelled_result(j, claims[j.job_id].attempts) for j in cancelled)
+        items = [
+            (
+                keys.get(d.job_id) or self.settings.result_key(d.job_id),
+                d.to_json(),
+                "application/json",
+            )
+            for d in docs
+        ]
+        taken = self.results.put_many(items, if_absent=True)
+        taken |= done
+        final = {d.job_id: d for d in docs if keys.get(d.job_id) not in taken}
+        final.update(self._read_existing(taken))
+        now = time.time()
+        applied = self.status.update(
+            [
+                StatusUpdate(d.job_id, _STATE[d.status], d.error or "", now)
+                for d in final.values()
+                if d.status != "cancelled"
+            ]
+        )
+        self._write_manifest(payload, jobs, final, started, now)
+        if applied.groups_done and self.on_groups_done is not None:
+            self.on_groups_done(applied.groups_done)
+        ok = sum(d.status == "succeeded" for d in final.values())
+        return {
+            "jobs": len(jobs),
+            "succeeded": ok,
+            "failed": sum(d.status == "failed" for d in final.values()),
+            "cancelled": len(cancelled),
+            "skipped": len(jobs) - len(claimed) - len(cancelled) + len(taken),
+        }
+
+    def _read_existing(self, keys: set[str]) -> dict[str, AnyResult]:
+        """Result documents another attempt wrote first: they are the job's outcome."""
+        out: dict[str, AnyResult] = {}
+        for key in keys:
+            raw = self.results.get(key)
+            if raw is not None:
+                doc = parse_result(raw)
+                out[doc.job_id] = doc
+        if keys:
+            log.info("kept %d results an earlier attempt had written", len(keys))
+        return out
+
+    def _write_manifest(
+        self,
+        payload: dict[str, Any],
+        jobs: list[AnyJob],
+        final: dict[str, AnyResult],
+        started: float,
+        finished: float,
+    ) -> None:
+        batch_id = str(payload.get("batch_id") or "")
+        if not batch_id or not is_job_id(batch_id):
+            return
+        rows = []
+        for j in jobs:
+            doc = final.get(j.job_id)
+            rows.append(
+                {
+                    "job_id": j.job_id,
+                    "model": j.model,
+                    "status": doc.status if doc else "skipped",
+                    "key": self.settings.result_key(j.job_id),
+                }
+            )
+        manifest = {
+            "batch_id": batch_id,
+            "worker": self.worker_name,
+            "device": self.engines.device,
+            "queued_at": payload.get("queued_at"),
+            "started_at": started,
+            "finished_at": finished,
+            "counts": {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}},
+            "jobs": rows,
+        }
+        body = json.dumps(manifest, indent=1).encode()
+        self.results.put_many([(self.settings.manifest_key(batch_id), body, "application/json")])
+
+    def _parse(self, raw_jobs: Sequence[Any]) -> tuple[list[AnyJob], list[AnyResult]]:
+        jobs: list[AnyJob] = []
+        broken: list[AnyResult] = []
+        for raw in raw_jobs:
+            try:
+                jobs.append(_JOB.validate_python(raw))
+            except ValidationError as exc:
+                # Only reachable if a producer bypassed intake; fail the job if it has an id.
+                jid = raw.get("job_id") if isinstance(raw, dict) else None
+                if is_job_id(jid):
+                    reason = f"invalid job reached the worker: {exc.error_count()} errors"
+                    model = str(raw.get("model", ""))
+                    broken.append(LLMResult(job_id=jid, status="failed", model=model, error=reason))
+                else:
+                    log.error("dropping unidentifiable job in batch: %s", exc)
+        return jobs, broken
+
+    def _run_model(
+        self, model: str, jobs: list[AnyJob], queued_at: float, batch_size: int
+    ) -> tuple[list[AnyResult], list[tuple[str, bytes, str]]]:
+        t0 = time.time()
+        try:
+            engine = self.engines.get(model)
+            outputs = run_isolated(engine, jobs, free_accelerator_memory)
+            prov = engine.describe()
+        except ModelUnavailable as exc:
+            outputs, prov = [Output(error=str(exc))] * len(jobs), {"model": model}
+        except Exception as exc:
+            log.exception("engine %s failed on a batch of %d", model, len(jobs))
+            outputs = [Output(error=f"engine error: {type(exc).__name__}: {exc}")] * len(jobs)
+            prov = {"model": model}
+        compute = time.time() - t0
+        docs: list[AnyResult] = []
+        blobs: list[tuple[str, bytes, str]] = []
+        for job, out in zip(jobs, outputs, strict=True):
+            common: dict[str, Any] = {
+                "job_id": job.job_id,
+                "status": "failed" if out.error else "succeeded",
+                "model": model,
+                "error": out.error,
+                "tags": dict(job.tags),
+                "timings": {
+                    "queue_wait_s": round(max(0.0, t0 - job.submitted_at.timestamp()), 4),
+                    "batch_wait_s": round(max(0.0, t0 - queued_at), 4),
+                    "compute_s": round(compute, 4),
+                },
+            }
+            seed = out.info.get("seed")
+            provenance = {
+                **prov,
+                "batch_size": batch_size,
+                "seed": job.seed if seed is None else seed,
+            }
+            if isinstance(job, EmbedJob):
+                dim = len(out.vectors[0]) if out.vectors else 0
+                provenance["params"] = {"normalize": job.normalize, "texts": len(job.texts)}
+                docs.append(
+                    EmbedResult(
+                        **common,
+                        vectors=out.vectors,
+                        dim=dim,
+                        provenance=provenance,
+                        usage=Usage(prompt_tokens=out.prompt_tokens),
+                    )
+                )
+                continue
+            if isinstance(job, DiffusionJob):
+                refs = []
+                for k, png in enumerate(out.images):
+                    key = f"{self.settings.result_prefix(job.job_id)}image-{k}.png"
+                    blobs.append((key, png, "image/png"))
+                    seed = None if out.info.get("seed") is None else out.info["seed"] + k
+                    refs.append(
+                        ImageRef(
+                            key=key, seed=seed, width=job.width, height=job.height, bytes=len(png)
+                        )
+                    )
+                provenance["params"] = job.model_dump(
+                    include={
+                        "width",
+                        "height",
+                        "num_inference_steps",
+                        "guidance_scale",
+                        "num_images",
+                        "negative_prompt",
+                    }
+                )
+                docs.append(DiffusionResult(**common, images=refs, provenance=provenance))
+                continue
+            provenance["params"] = {
+                "max_new_tokens": job.max_new_tokens,
+                "temperature": job.temperature,
+                "top_p": job.top_p,
+                "stop": list(job.stop),
+            }
+            docs.append(
+                LLMResult(
+                    **common,
+                    text=out.text,
+                    finish_reason=out.finish_reason,  # type: ignore[arg-type]
+                    usage=Usage(
+                        prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens
+                    ),
+                    provenance=provenance,
+                )
+            )
+        return docs, blobs
+
+
+_STATE = {
+    "succeeded": JobState.SUCCEEDED,
+    "failed": JobState.FAILED,
+    "cancelled": JobState.CANCELLED,
+}
+
+
+def cancelled_result(job: AnyJob, attempts: int) -> AnyResult:
+    """The result document of a job cancelled before it ran."""
+    return RESULT_TYPES[job.kind](
+        job_id=job.job_id,
+        status="cancelled",
+        model=job.model,
+        error="cancelled before it ran",
+        tags=dict(job.tags),
+        provenance={"attempts": attempts},
+    )

@@ -1,0 +1,27 @@
+"""The real backends of each store, built from settings (what processes use in production)."""
+
+from __future__ import annotations
+
+from pipelines.settings import BlazeSettings
+from pipelines.stores.deadletters_kafka import KafkaDeadLetters
+from pipelines.stores.events_kafka import KafkaStatusEvents
+from pipelines.stores.results_s3 import S3ResultStore
+from pipelines.stores.status_redis import RedisStatusStore
+
+
+def status_store(settings: BlazeSettings) -> RedisStatusStore:
+    """The Redis store of these settings, publishing changes to the status topic if enabled."""
+    events = KafkaStatusEvents(settings) if settings.kafka.status_events else None
+    return RedisStatusStore(settings, events=events)
+
+
+def result_store(settings: BlazeSettings) -> S3ResultStore:
+    return S3ResultStore(settings)
+
+
+def status_events(settings: BlazeSettings) -> KafkaStatusEvents:
+    return KafkaStatusEvents(settings)
+
+
+def dead_letters(settings: BlazeSettings) -> KafkaDeadLetters:
+    return KafkaDeadLetters(settings)

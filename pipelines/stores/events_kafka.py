@@ -1,0 +1,92 @@
+"""The status event topic on Kafka: ``{namespace}.status``, key = job id (see ``events``).
+
+Events are published after the status store accepted the change, without waiting for the
+broker; a broker outage is logged and never fails a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from pipelines.errors import ServiceUnavailable
+from pipelines.kafka import ensure_topics, make_producer, read_from_start
+from pipelines.settings import BlazeSettings
+from pipelines.stores.events import StatusEvent, decode, encode
+from pipelines.stores.status import StatusUpdate
+
+log = logging.getLogger(__name__)
+RETRY_CONNECT_S = 30.0
+
+
+class KafkaStatusEvents:
+    """An ``EventSink`` that publishes to the status topic without waiting for the broker."""
+
+    def __init__(self, settings: BlazeSettings) -> None:
+        self.settings = settings
+        self.topic = settings.status_topic
+        self._producer: KafkaProducer | None = None
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+        self.failed = 0
+
+    def _get(self) -> KafkaProducer | None:
+        if self._producer is None and time.monotonic() >= self._down_until:
+            try:
+                ensure_topics(self.settings, [self.topic])
+                self._producer = make_producer(
+                    self.settings,
+                    acks=1,
+                    linger_ms=20,
+                    max_in_flight_requests_per_connection=5,
+                    client_id=f"{self.settings.namespace}-status-events",
+                )
+            except ServiceUnavailable as exc:
+                log.warning("status events off for %.0f s: %s", RETRY_CONNECT_S, exc)
+                self._down_until = time.monotonic() + RETRY_CONNECT_S
+        return self._producer
+
+    def _failed(self, exc: Exception) -> None:
+        self.failed += 1
+        if self.failed == 1 or self.failed % 1000 == 0:
+            log.warning("status event not published (%d so far): %s", self.failed, exc)
+
+    def __call__(self, moved: Sequence[StatusUpdate]) -> None:
+        with self._lock:
+            producer = self._get()
+            if producer is None:
+                self.failed += len(moved)
+                return
+            for up in moved:
+                try:
+                    producer.send(self.topic, key=up.job_id.encode(), value=encode(up)).add_errback(
+                        self._failed
+                    )
+                except KafkaError as exc:
+                    self._failed(exc)
+
+    def flush(self, timeout: float = 10) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout=timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=10)
+                self._producer = None
+
+    def read(self, *, follow: bool = False, idle_s: float = 2.0) -> Iterator[StatusEvent]:
+        """Events on the status topic from the beginning; with ``follow``, wait for new ones.
+
+        Reads every partition directly (no consumer group), so it never joins or disturbs one.
+        """
+        ensure_topics(self.settings, [self.topic])
+        for rec in read_from_start(
+            self.settings, self.topic, follow=follow, idle_s=idle_s, name="status-reader"
+        ):
+            yield decode(rec.value)

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from blaze.cli.render import ExitCode, cli_settings, err, out, progress_bar, when_day
+from blaze.cli.render import (
+    ExitCode,
+    cli_settings,
+    err,
+    key_values,
+    out,
+    progress_bar,
+    when_day,
+)
 from pipelines.errors import ConfigError, JobTimeout
 
 if TYPE_CHECKING:
@@ -53,12 +61,7 @@ def batch_submit(
     """
     from blaze.sdk import Client
 
-    meta: dict[str, str] = {}
-    for item in metadata or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--metadata wants key=value, got {item!r}")
-        meta[key] = value
+    meta = key_values(metadata or [], "--metadata")
     with Client(cli_settings()) as client, progress_bar("publishing", 1, transient=True) as bar:
         task = bar.add_task("publishing", total=None)
         info = client.batches().submit(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from blaze.cli.render import ExitCode, cli_settings, err, out
+from blaze.cli.render import ExitCode, cli_settings, err, key_values, out
 from pipelines.errors import ConfigError, ServiceUnavailable
 from pipelines.templates.airflow_api import AirflowClient
 from pipelines.templates.spec import TemplateError, load_template, resolve_params, template_files
@@ -63,16 +63,6 @@ def pipeline_list() -> None:
     out.print(table)
 
 
-def _params(items: list[str]) -> dict[str, str]:
-    out_: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--param wants key=value, got {item!r}")
-        out_[key] = value
-    return out_
-
-
 @group.command("run")
 def pipeline_run(
     name: Annotated[str, typer.Argument(help="template name")],
@@ -89,7 +79,7 @@ def pipeline_run(
         raise ConfigError(f"unknown template {name!r} (known: {', '.join(sorted(paths))})")
     try:
         template = load_template(paths[name])
-        conf = resolve_params(template, _params(param or []))
+        conf = resolve_params(template, key_values(param or [], "--param"))
     except TemplateError as exc:
         raise ConfigError(str(exc)) from None
     client = AirflowClient(settings)

@@ -56,6 +56,17 @@ def job_ids_of(job_ids: list[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def key_values(items: list[str], option: str) -> dict[str, str]:
+    """``key=value`` arguments of a repeatable option; ``ConfigError`` names a malformed one."""
+    out_: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option} wants key=value, got {item!r}")
+        out_[key] = value
+    return out_
+
+
 def when(ts: float | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
 

@@ -1,0 +1,47 @@
+"""The ``blaze`` package is the front door: the SDK's public names, the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import blaze
+from blaze.sdk import Client as SdkClient
+from pipelines.client import Client as BaseClient
+from pipelines.stores.results_memory import MemoryResultStore
+from pipelines.stores.status_memory import MemoryStatusStore
+
+
+def test_every_public_name_resolves() -> None:
+    from blaze import Client, JobState, LLMJob, load_settings
+
+    assert Client is SdkClient and issubclass(Client, BaseClient)
+    assert LLMJob(model="tiny", prompt="hi").kind == "llm" and JobState("queued").rank == 0
+    assert callable(load_settings)
+    for name in blaze.__all__:
+        assert getattr(blaze, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = blaze.Nope  # type: ignore[attr-defined]
+
+
+def test_the_client_reads_settings_itself_and_reaches_the_batch_layer() -> None:
+    client = blaze.Client(status_store=MemoryStatusStore(), result_store=MemoryResultStore())
+    assert client.settings.namespace == "blaze"
+    assert client.batches().store is client.result_store
+    assert client.on_groups_done is not None
+
+
+def test_python_m_blaze_is_the_command_line() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "blaze", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0 and "Publish jobs to Kafka." in res.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "blaze", "worker", "--kind", "video"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "--kind must be llm, diffusion or embed" in bad.stderr

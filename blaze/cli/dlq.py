@@ -11,7 +11,6 @@ from rich.table import Table
 
 from blaze.cli.render import cli_settings, err, out
 from pipelines.errors import ConfigError
-from pipelines.replay import fixed_job, parse_assignments
 
 group = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
 
@@ -60,6 +59,7 @@ def dlq_replay(
 ) -> None:
     """Resubmit chosen dead letters (optionally fixed with --set); prints the job ids."""
     from blaze.sdk import Client
+    from pipelines.replay import fixed_job, parse_assignments
     from pipelines.stores import connect
 
     if not (ref or job or all_):

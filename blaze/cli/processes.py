@@ -14,9 +14,7 @@ from typing import Annotated
 import typer
 
 from blaze.cli.render import cli_settings, setup_logging
-from engines.base import DTYPE_NAMES
 from pipelines.errors import ConfigError
-from pipelines.jobs import JOB_KINDS
 
 
 def worker(
@@ -33,6 +31,9 @@ def worker(
     loglevel: str = "INFO",
 ) -> None:
     """Run a Celery worker pinned to one device, serving that device's queues."""
+    from engines.base import DTYPE_NAMES
+    from pipelines.jobs import JOB_KINDS
+
     for k in kind or []:
         if k not in JOB_KINDS:
             raise ConfigError(f"--kind must be llm, diffusion or embed, got {k!r}")

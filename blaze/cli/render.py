@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipelines.errors import ConfigError, JobTimeout
-from pipelines.jobs import is_job_id
 from pipelines.settings import BlazeSettings, load_settings
 
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -42,6 +41,8 @@ def setup_logging(level: str) -> None:
 
 def job_ids_of(job_ids: list[str]) -> list[str]:
     """Job ids from arguments; ``-`` reads more from standard input (one per line)."""
+    from pipelines.jobs import is_job_id  # pydantic's models: only for commands that need them
+
     ids: list[str] = []
     for arg in job_ids:
         if arg == "-":

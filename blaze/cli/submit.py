@@ -12,7 +12,6 @@ import typer
 
 from blaze.cli.render import cli_settings, out, progress_bar
 from pipelines.errors import BlazeError, ConfigError
-from pipelines.jobs import JOB_MODELS, validate_job
 
 group = typer.Typer(no_args_is_help=True, help="Publish jobs to Kafka.")
 
@@ -115,6 +114,7 @@ def _submit(
 ) -> None:
     from blaze.sdk import Client
     from pipelines.client import read_jobs_file
+    from pipelines.jobs import validate_job
 
     if rows is None:
         if (prompt is None) == (file is None):
@@ -144,6 +144,8 @@ def schema(
     kind: Annotated[str | None, typer.Option(help="llm or diffusion (default: all)")] = None,
 ) -> None:
     """Print the JSON Schema of every job kind (for producers in other languages)."""
+    from pipelines.jobs import JOB_MODELS
+
     if kind is not None and kind not in JOB_MODELS:
         raise ConfigError(f"--kind must be one of {sorted(JOB_MODELS)}, got {kind!r}")
     kinds = [kind] if kind else list(JOB_MODELS)

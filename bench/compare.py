@@ -339,6 +339,7 @@ class Pipeline:
 
     def _start(self) -> None:
         self.stack.up()
+        self.settings = self.stack.settings  # with the credentials the stack generated
         cli = [sys.executable, "-m", "blaze"]
         logs = self.tmp / "logs"
         logs.mkdir()
@@ -452,7 +453,7 @@ class Pipeline:
         return out
 
     def start_naive(self) -> None:
-        redis = self.settings.redis_url.replace("/0", "/1")
+        redis = self.settings.redis_url_with_password().replace("/0", "/1")
         for i in range(self.args.blaze_workers):
             self.naive.append(
                 spawn(

@@ -62,6 +62,7 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         stack.up()
+        settings = stack.settings  # with the credentials the stack generated
         cli = [sys.executable, "-m", "blaze"]
         logs = tmp / "logs"
         logs.mkdir()

@@ -62,7 +62,7 @@ def airflow_service(settings: BlazeSettings, state_dir: Path) -> Service:
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
         # The Blaze services as Airflow connections, for users' own tasks (Blaze's
         # operators read the BLAZE_* settings above and never look connections up).
-        "AIRFLOW_CONN_BLAZE_REDIS": settings.redis_url,
+        "AIRFLOW_CONN_BLAZE_REDIS": settings.redis_url_with_password(),
         "AIRFLOW_CONN_BLAZE_KAFKA": json.dumps(
             {
                 "conn_type": "kafka",

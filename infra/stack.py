@@ -14,12 +14,14 @@ import json
 import os
 import platform
 import random
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,12 @@ from typing import Any
 from infra.airflow import airflow_service, prepare_airflow
 from infra.services import Service, ServiceState
 from pipelines.errors import StackError
-from pipelines.settings import BlazeSettings
+from pipelines.settings import (
+    SECRETS_FILE,
+    BlazeSettings,
+    read_stack_secrets,
+    stack_secret_updates,
+)
 
 STATE_FILE = "stack.json"
 
@@ -102,6 +109,34 @@ def free_stack_ports(low: int = 20_000, high: int = 30_000) -> dict[str, int]:
     raise StackError(f"no free range of ports found between {low} and {high}")
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (mode 0600, also when it already existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def ensure_secrets(state_dir: Path) -> dict[str, str]:
+    """The stack's credentials, generated on first start: S3 keys and the Redis password.
+
+    Kept in ``state_dir/secrets.json`` (mode 0600); every Blaze process whose settings leave
+    them unset reads them from there (``BlazeSettings``), so no fixed secret ships anywhere.
+    """
+    have = read_stack_secrets(state_dir)
+    wanted: dict[str, Callable[[], str]] = {
+        "s3_access_key": lambda: "blz" + secrets.token_hex(8),
+        "s3_secret_key": lambda: secrets.token_urlsafe(30),
+        "redis_password": lambda: secrets.token_urlsafe(30),
+    }
+    if all(have.get(k) for k in wanted):
+        return have
+    made = {**{k: make() for k, make in wanted.items() if not have.get(k)}, **have}
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _write_private(state_dir / SECRETS_FILE, json.dumps(made, indent=1))
+    return made
+
+
 def _pid_alive(pid: int, exe: str) -> bool:
     """True if ``pid`` is a live (not zombie) process running the executable ``exe``."""
     try:
@@ -124,10 +159,18 @@ def _tail(path: Path, lines: int = 20) -> str:
 class Stack:
     """The embedded services described by ``settings.stack``."""
 
-    def __init__(self, settings: BlazeSettings, with_airflow: bool = False) -> None:
-        self.settings = settings
+    def __init__(
+        self, settings: BlazeSettings, with_airflow: bool = False, with_gateway: bool = False
+    ) -> None:
         self.state_dir = settings.stack.state_dir.resolve()
+        self.settings = self._with_secrets(settings)
         self.with_airflow = with_airflow
+        self.with_gateway = with_gateway
+
+    @staticmethod
+    def _with_secrets(settings: BlazeSettings) -> BlazeSettings:
+        """``settings`` with the stack's generated credentials where they were left unset."""
+        return settings.model_copy(update=stack_secret_updates(settings))
 
     # -- descriptions --------------------------------------------------------------------
     def _s3_health(self) -> bool:
@@ -166,8 +209,13 @@ class Stack:
     def _redis_health(self) -> bool:
         import redis
 
+        pw = self.settings.redis.password
         try:
-            client = redis.Redis(port=self.settings.stack.redis_port, socket_connect_timeout=1)
+            client = redis.Redis(
+                port=self.settings.stack.redis_port,
+                password=pw.get_secret_value() if pw else None,
+                socket_connect_timeout=1,
+            )
             ok = bool(client.ping())
             client.close()
             return ok
@@ -178,7 +226,32 @@ class Stack:
         base = self._core_services()
         if self.with_airflow or "airflow" in self._read_state():
             base.append(airflow_service(self.settings, self.state_dir))
+        if self.with_gateway or "gateway" in self._read_state():
+            base.append(self._gateway_service())
         return base
+
+    def _gateway_service(self) -> Service:
+        """``blaze gateway`` as a stack service (it reads the same settings and secrets)."""
+        port = self.settings.gateway.port
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
+                    return bool(resp.status == 200)
+            except OSError:
+                return False
+
+        argv = [sys.executable, "-m", "blaze", "gateway", "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--loglevel", self.settings.gateway.log_level]
+        env = self.settings.to_env()
+        env["BLAZE_STACK__STATE_DIR"] = str(self.state_dir)
+        for name in ("BLAZE_MODELS_DIR", "BLAZE_REGISTRY_FILE", "BLAZE_TEMPLATES_DIR"):
+            env[name] = str(Path(env[name]).resolve())  # services run in the state folder
+        # the secrets stay in their file: the gateway reads them from there, not from its env
+        for name in ("BLAZE_S3__ACCESS_KEY", "BLAZE_S3__SECRET_KEY", "BLAZE_REDIS__PASSWORD"):
+            env.pop(name, None)
+        return Service("gateway", argv, env, [port], url, healthy, exe=sys.executable)
 
     def _core_services(self) -> list[Service]:
         st, s3 = self.settings.stack, self.settings.s3
@@ -243,6 +316,7 @@ class Stack:
             name="redis",
             argv=[
                 str(valkey_binary()),
+                str(data / "valkey.conf"),  # requirepass, kept off the command line
                 "--bind",
                 "127.0.0.1",
                 "--port",
@@ -290,7 +364,14 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for sub in ("seaweedfs", "valkey", "logs"):
             (self.state_dir / sub).mkdir(exist_ok=True)
+        ensure_secrets(self.state_dir)
+        self.settings = self._with_secrets(self.settings)
         self._write_identities()
+        pw = self.settings.redis.password
+        _write_private(
+            self.state_dir / "valkey.conf",
+            f'requirepass "{pw.get_secret_value()}"\n' if pw else "",
+        )
         if self.with_airflow:
             prepare_airflow(self.settings, self.state_dir)
         state = self._read_state()
@@ -364,10 +445,7 @@ class Stack:
                 }
             ]
         }
-        path = self.state_dir / "seaweedfs-identities.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(body, fh)
+        _write_private(self.state_dir / "seaweedfs-identities.json", json.dumps(body))
 
     def status(self) -> list[ServiceState]:
         state = self._read_state()

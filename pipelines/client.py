@@ -104,8 +104,13 @@ class Client:
         progress: Progress | None = None,
         chunk: int = 500,
         restart: bool = False,
+        together: int | None = None,
     ) -> list[JobHandle]:
         """Publish jobs in batched sends (acks=all, key = job id) and mark them queued.
+
+        Jobs go to the partition their key hashes to; with ``together = k`` every job of this
+        call goes to partition ``k mod n`` of its topic instead (one record batch per topic:
+        the gateway's small rounds cost the broker one write each, not one per partition).
 
         Returns after every job is acknowledged by the broker; raises ``ServiceUnavailable``
         if any is not, naming the broker. Jobs are marked queued *before* they are sent, so
@@ -122,14 +127,16 @@ class Client:
             self.status_store.update([_queued(j, time.time()) for j in part])
             # how many jobs travel together: the consumer lets a quiet batch leave early only
             # once it holds them all (or is full), so a burst never leaves its first piece alone
-            together = [(SENT_WITH_HEADER, str(len(part)).encode())]
+            sent_with = [(SENT_WITH_HEADER, str(len(part)).encode())]
             try:
+                places = {k: self._placement(k, together) for k in {j.kind for j in part}}
                 futures = [
                     producer.send(
                         self._topic(job.kind),
                         key=job.job_id.encode(),
                         value=job.model_dump_json(exclude_defaults=False).encode(),
-                        headers=together,
+                        headers=sent_with,
+                        **places[job.kind],
                     )
                     for job in part
                 ]
@@ -145,6 +152,13 @@ class Client:
             if progress:
                 progress(len(handles), len(jobs))
         return handles
+
+    def _placement(self, kind: str, together: int | None) -> dict[str, int]:
+        """``send`` arguments that place a job: by key (none), or the call's one partition."""
+        if together is None:
+            return {}
+        parts = sorted(self._get_producer().partitions_for(self._topic(kind)) or [])
+        return {"partition": parts[together % len(parts)]} if parts else {}
 
     # -- polling -------------------------------------------------------------------------
     def status(self, job_ids: Iterable[str]) -> dict[str, JobStatus | None]:
@@ -212,7 +226,7 @@ class Client:
                 if raw is not None:
                     yield parse_result(raw)
                 elif st.state in (JobState.DEAD, JobState.CANCELLED):
-                    yield _stand_in(st)
+                    yield stand_in(st)
                 else:  # the status is written after the result: look again next round
                     continue
                 pending.remove(jid)
@@ -283,7 +297,7 @@ def _queued(job: AnyJob, at: float) -> StatusUpdate:
     return StatusUpdate(job.job_id, JobState.QUEUED, at=at, group=job_group(job), kind=job.kind)
 
 
-def _stand_in(st: JobStatus) -> AnyResult:
+def stand_in(st: JobStatus) -> AnyResult:
     """A result document for a job that ended before any worker wrote one."""
     cls = RESULT_TYPES.get(st.kind, RESULT_TYPES["llm"])
     if st.state is JobState.CANCELLED:

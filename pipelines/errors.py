@@ -49,6 +49,10 @@ class ModelUnavailable(BlazeError):
     """A model is unknown to this worker or failed to load; its jobs fail with this reason."""
 
 
+class NotFound(BlazeError):
+    """An id names nothing here (no such batch, file or job in this namespace)."""
+
+
 class StackError(BlazeError):
     """The embedded stack could not start, stop or report; the message carries the log tail."""
 

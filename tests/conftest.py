@@ -48,9 +48,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlazeSettings]:
     ports = free_stack_ports()
     settings = BlazeSettings(stack={"state_dir": state, **ports})
     st = Stack(settings)
-    st.up()
+    st.up()  # generates the stack's credentials; st.settings carries them
     try:
-        yield settings
+        yield st.settings
     finally:
         st.down()
 

@@ -21,9 +21,13 @@ def stack_up(
             "--with-airflow", help="also start Airflow (standalone) running the template DAGs"
         ),
     ] = False,
+    with_gateway: Annotated[
+        bool,
+        typer.Option("--with-gateway", help="also start the HTTP gateway (gateway.port)"),
+    ] = False,
 ) -> None:
-    """Start SeaweedFS, Tansu and Valkey (and Airflow) on 127.0.0.1; returns once healthy."""
-    stack = Stack(cli_settings(), with_airflow=with_airflow)
+    """Start SeaweedFS, Tansu and Valkey (and Airflow, the gateway) on 127.0.0.1."""
+    stack = Stack(cli_settings(), with_airflow=with_airflow, with_gateway=with_gateway)
     stack.up(progress=lambda msg: out.print(msg))
     _print_stack(stack)
     if with_airflow:
@@ -31,6 +35,12 @@ def stack_up(
         out.print(
             f"Airflow UI and API: {stack.settings.airflow_url} (user {af.username}, password "
             "from BLAZE_AIRFLOW__PASSWORD)",
+            highlight=False,
+        )
+    if with_gateway:
+        out.print(
+            f"Gateway: http://127.0.0.1:{stack.settings.gateway.port}/v1 "
+            "(create a key: blaze keys create --name NAME --scopes submit,read)",
             highlight=False,
         )
 

@@ -201,6 +201,51 @@ _BODY: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+class RequestInvalid(Exception):
+    """A request body Blaze cannot run; ``error`` says why in OpenAI's terms."""
+
+    def __init__(self, error: RequestError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def request_job(
+    url: str,
+    body: object,
+    *,
+    job_id: str,
+    model: str | None = None,
+    tags: dict[str, str] | None = None,
+    deadline: datetime | None = None,
+    priority: int | None = None,
+) -> AnyJob:
+    """The job an OpenAI request body (for ``url``) asks for; ``RequestInvalid`` naming the
+    parameter if it cannot run. Used for batch lines and for the gateway's interactive routes."""
+    try:
+        if url not in _BODY:
+            raise _Invalid("invalid_url", f"url {url!r} is not one of {sorted(_BODY)}", "url")
+        if not isinstance(body, dict):
+            raise _Invalid("invalid_request", "body must be a JSON object", "body")
+        fields = _BODY[url](body)
+        fields["model"] = model or body.get("model")
+        if not fields["model"]:
+            raise _Invalid("missing_required_parameter", "model is required", "model")
+        fields["job_id"] = job_id
+        if tags:
+            fields["tags"] = tags
+        if deadline is not None:
+            fields["deadline"] = deadline
+        if priority is not None:
+            fields["priority"] = priority
+        try:
+            return validate_job(fields, ENDPOINTS[url])
+        except InvalidJob as exc:
+            first = exc.errors[0]["loc"] if exc.errors else None
+            raise _Invalid("invalid_request", str(exc), str(first) if first else None) from None
+    except _Invalid as bad:
+        raise RequestInvalid(bad.error) from None
+
+
 def parse_request(
     line: int,
     raw: str,
@@ -208,6 +253,7 @@ def parse_request(
     *,
     model: str | None = None,
     deadline: datetime | None = None,
+    endpoint: str | None = None,
 ) -> BatchRequest:
     """One input line as a job, or as the error that names what is wrong with it."""
     custom_id: str | None = None
@@ -228,26 +274,21 @@ def parse_request(
                 "invalid_method", f"method must be POST, got {row.get('method')!r}", "method"
             )
         url = str(row.get("url", ""))
-        if url not in _BODY:
-            raise _Invalid("invalid_url", f"url {url!r} is not one of {sorted(_BODY)}", "url")
-        body = row.get("body")
-        if not isinstance(body, dict):
-            raise _Invalid("invalid_request", "body must be a JSON object", "body")
-        fields = _BODY[url](body)
-        fields["model"] = model or body.get("model")
-        if not fields["model"]:
-            raise _Invalid("missing_required_parameter", "body.model is required", "model")
-        fields["job_id"] = f"{batch_id}-{line:06d}"
-        fields["tags"] = {GROUP_TAG: batch_id, "custom_id": custom_id[:256]}
-        if deadline is not None:
-            fields["deadline"] = deadline
-        try:
-            job = validate_job(fields, ENDPOINTS[url])
-        except InvalidJob as exc:
-            first = exc.errors[0]["loc"] if exc.errors else None
-            raise _Invalid("invalid_request", str(exc), str(first) if first else None) from None
+        if endpoint is not None and url != endpoint:
+            msg = f"url {url!r} is not the batch's endpoint {endpoint!r}"
+            raise _Invalid("invalid_url", msg, "url")
+        job = request_job(
+            url,
+            row.get("body"),
+            job_id=f"{batch_id}-{line:06d}",
+            model=model,
+            tags={GROUP_TAG: batch_id, "custom_id": custom_id[:256]},
+            deadline=deadline,
+        )
         return BatchRequest(line, custom_id, url, job=job)
     except _Invalid as bad:
+        return BatchRequest(line, custom_id, url, error=bad.error)
+    except RequestInvalid as bad:
         return BatchRequest(line, custom_id, url, error=bad.error)
 
 
@@ -257,12 +298,13 @@ def parse_batch_lines(
     *,
     model: str | None = None,
     deadline: datetime | None = None,
+    endpoint: str | None = None,
 ) -> list[BatchRequest]:
     """Every non-blank line parsed; a repeated custom_id is an error on the later lines."""
     seen: set[str] = set()
     out = []
     for line, raw in lines:
-        req = parse_request(line, raw, batch_id, model=model, deadline=deadline)
+        req = parse_request(line, raw, batch_id, model=model, deadline=deadline, endpoint=endpoint)
         cid = req.custom_id
         if cid is not None:
             if cid in seen and req.job is not None:
@@ -280,14 +322,22 @@ def read_batch_file(path: Path) -> list[tuple[int, str]]:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise ConfigError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES} byte limit")
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read batch file {path}: {exc.strerror}") from None
+    return batch_lines(data, str(path))
+
+
+def batch_lines(data: bytes, name: str) -> list[tuple[int, str]]:
+    """The non-blank lines of a batch file's content with their numbers; ``ConfigError``
+    naming ``name`` if it is not UTF-8, empty or over the request limit."""
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise ConfigError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     lines = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
     if not lines:
-        raise ConfigError(f"{path}: the batch file has no requests")
+        raise ConfigError(f"{name}: the batch file has no requests")
     if len(lines) > MAX_REQUESTS:
-        raise ConfigError(f"{path}: {len(lines)} requests is over the {MAX_REQUESTS} limit")
+        raise ConfigError(f"{name}: {len(lines)} requests is over the {MAX_REQUESTS} limit")
     return lines

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.errors import BlazeError, JobTimeout
+from pipelines.errors import BlazeError, JobTimeout, NotFound
 from pipelines.jobs import AnyJob, is_job_id
 from pipelines.openai.outputs import error_line, job_error, success_line
 from pipelines.openai.requests import RequestError, parse_batch_lines, read_batch_file
@@ -144,7 +144,7 @@ class BatchService:
         """The stored batch object; ``BlazeError`` if there is no such batch."""
         raw = self.store.get(self._key(batch_id, "batch.json")) if is_job_id(batch_id) else None
         if raw is None:
-            raise BlazeError(f"unknown batch {batch_id!r} in namespace {self.settings.namespace}")
+            raise NotFound(f"unknown batch {batch_id!r} in namespace {self.settings.namespace}")
         return BatchInfo.model_validate_json(raw)
 
     def _requests(self, batch_id: str) -> list[dict[str, Any]]:
@@ -161,47 +161,84 @@ class BatchService:
         model: str | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> BatchInfo:
-        """Validate every line, store the batch files, publish the valid requests as jobs."""
-        window = parse_duration(completion_window, "completion window")
+        """Validate every line of a local file, store the batch files, publish the requests."""
         lines = read_batch_file(path)
+
+        def store_input(key: str) -> None:
+            with path.open("rb") as fh:
+                self.store.put_stream(key, fh, "application/jsonl")
+
+        return self.submit_lines(
+            lines,
+            source=path.name,
+            store_input=store_input,
+            completion_window=completion_window,
+            metadata=metadata,
+            model=model,
+            progress=progress,
+        )
+
+    def submit_lines(
+        self,
+        lines: Sequence[tuple[int, str]],
+        *,
+        source: str,
+        store_input: Callable[[str], None] | None = None,
+        input_file_id: str | None = None,
+        endpoint: str | None = None,
+        owner: str | None = None,
+        completion_window: str = "24h",
+        metadata: dict[str, str] | None = None,
+        model: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> BatchInfo:
+        """Validate numbered input lines, store the batch files, publish the valid requests.
+
+        ``store_input`` copies the input under the batch's prefix; a caller whose input
+        already lies in the bucket names it by ``input_file_id`` instead. ``endpoint``, when
+        given, is the url every line must have; ``owner`` is recorded for the gateway. If
+        publishing fails, the batch ends ``failed`` (its jobs' marks removed) and the error
+        is raised again.
+        """
+        window = parse_duration(completion_window, "completion window")
         now = time.time()
         batch_id = new_batch_id()
         expires = datetime.fromtimestamp(now + window, UTC)
-        requests = parse_batch_lines(lines, batch_id, model=model, deadline=expires)
+        requests = parse_batch_lines(
+            lines, batch_id, model=model, deadline=expires, endpoint=endpoint
+        )
         jobs = [r.job for r in requests if r.job is not None]
         invalid = len(requests) - len(jobs)
         urls = [r.url for r in requests if r.url]
+        blaze: dict[str, Any] = {"source_file": source, "invalid": invalid, "jobs": len(jobs)}
+        if owner is not None:
+            blaze["owner"] = owner
         info = BatchInfo(
             id=batch_id,
-            endpoint=max(set(urls), key=urls.count) if urls else "",
-            input_file_id=self._key(batch_id, "input.jsonl"),
+            endpoint=endpoint or (max(set(urls), key=urls.count) if urls else ""),
+            input_file_id=input_file_id or self._key(batch_id, "input.jsonl"),
             completion_window=completion_window,
             status="validating",
             created_at=int(now),
             expires_at=int(now + window),
             request_counts=RequestCounts(total=len(requests), failed=invalid),
             metadata=metadata,
-            blaze={"source_file": path.name, "invalid": invalid, "jobs": len(jobs)},
+            blaze=blaze,
         )
-        with path.open("rb") as fh:
-            self.store.put_stream(info.input_file_id, fh, "application/jsonl")
+        if store_input is not None:
+            store_input(info.input_file_id)
         rows = b"".join(json.dumps(r.to_row()).encode() + b"\n" for r in requests)
         self.store.put_many([(self._key(batch_id, "requests.jsonl"), rows, "application/jsonl")])
         if not jobs:
             info.status, info.failed_at = "failed", int(time.time())
-            info.errors = {
-                "object": "list",
-                "data": [
-                    {
-                        "code": r.error.code,
-                        "message": r.error.message,
-                        "param": r.error.param,
-                        "line": r.line,
-                    }
+            info.errors = _errors_list(
+                [
+                    {"code": r.error.code, "message": r.error.message, "param": r.error.param}
+                    | {"line": r.line}
                     for r in requests[:100]
                     if r.error
-                ],
-            }
+                ]
+            )
             self._write_outputs(info, requests_rows=[r.to_row() for r in requests])
             return self._save(info)
         if self.publish is None:
@@ -210,7 +247,13 @@ class BatchService:
             )
         self._save(info)
         self.status.open_group(batch_id, len(jobs))
-        self.publish(jobs, progress=progress)
+        try:
+            self.publish(jobs, progress=progress)
+        except BlazeError as exc:
+            info.status, info.failed_at = "failed", int(time.time())
+            info.errors = _errors_list([{"code": "publish_failed", "message": str(exc)}])
+            self._save(info)
+            raise
         info.status, info.in_progress_at = "in_progress", int(time.time())
         return self._save(info)
 
@@ -381,6 +424,10 @@ class BatchService:
         docs = self.store.get_many(keys)
         infos = [BatchInfo.model_validate_json(d) for d in docs.values() if d is not None]
         return sorted(infos, key=lambda b: b.created_at, reverse=True)
+
+
+def _errors_list(data: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"object": "list", "data": data}
 
 
 def _spool() -> BinaryIO:

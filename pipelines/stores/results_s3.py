@@ -18,7 +18,7 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
-from pipelines.errors import ServiceUnavailable
+from pipelines.errors import ConfigError, ServiceUnavailable
 from pipelines.settings import BlazeSettings
 from pipelines.stores.results import Item, ObjectInfo
 
@@ -34,6 +34,13 @@ class S3ResultStore:
     def __init__(self, settings: BlazeSettings) -> None:
         s3 = settings.s3
         self.endpoint = settings.s3_endpoint
+        if not s3.access_key or not s3.secret_key.get_secret_value():
+            where = f"{settings.stack.state_dir}/secrets.json"
+            raise ConfigError(
+                f"S3 credentials for {self.endpoint} are not set: set BLAZE_S3__ACCESS_KEY and "
+                f"BLAZE_S3__SECRET_KEY, or run `blaze stack up` (it writes them to {where})",
+                stage="settings",
+            )
         self.bucket = s3.bucket
         self._threads = s3.write_threads
         self._multipart_bytes = s3.multipart_threshold_mb << 20

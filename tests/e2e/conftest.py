@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from minio import Minio
 
 from infra.stack import free_stack_ports
+from pipelines.settings import read_stack_secrets
 from tests.conftest import stack_env
 
 BLAZE = str(Path(sys.executable).parent / "blaze")
@@ -55,6 +57,17 @@ class User:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def stack_s3(user: User) -> Minio:
+    """An S3 client on the user's stack, with the credentials `blaze stack up` generated."""
+    found = read_stack_secrets(Path(user.env["BLAZE_STACK__STATE_DIR"]))
+    return Minio(
+        f"127.0.0.1:{user.ports['s3_port']}",  # type: ignore[attr-defined]
+        access_key=found["s3_access_key"],
+        secret_key=found["s3_secret_key"],
+        secure=False,
+    )
 
 
 @pytest.fixture

@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-from minio import Minio
 
 from pipelines.settings import BlazeSettings
 from pipelines.templates.airflow_api import AirflowClient
-from tests.e2e.conftest import User, wait_for_line
+from tests.e2e.conftest import User, stack_s3, wait_for_line
 
 pytestmark = pytest.mark.e2e
 
@@ -34,12 +33,7 @@ def test_a_template_runs_through_the_rest_api_and_bad_templates_are_import_error
     wait_for_line(tmp_path / "w.log", " ready.", 120)
     wait_for_line(tmp_path / "c.log", "intake joined group", 90)
 
-    s3 = Minio(
-        f"127.0.0.1:{ports['s3_port']}",
-        access_key="blaze",
-        secret_key="blaze-secret-key",
-        secure=False,
-    )
+    s3 = stack_s3(user)
     rows = b'{"text": "hello", "custom_id": "a"}\n{"text": "world", "custom_id": "b"}\n'
     s3.put_object("blaze-results", "e2e/inputs/q.jsonl", __import__("io").BytesIO(rows), len(rows))
     run_id = user.ok(

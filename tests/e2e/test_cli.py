@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from minio import Minio
 
-from tests.e2e.conftest import User, wait_for_line
+from tests.e2e.conftest import User, stack_s3, wait_for_line
 
 pytestmark = pytest.mark.e2e
 
@@ -67,12 +66,7 @@ def test_user_runs_jobs_from_kafka_to_s3(user: User, tmp_path: Path) -> None:
     status = json.loads(user.ok("status", ids[0], "--json"))
     assert status[ids[0]]["state"] == "succeeded"
 
-    s3 = Minio(
-        f"127.0.0.1:{ports['s3_port']}",
-        access_key="blaze",
-        secret_key="blaze-secret-key",
-        secure=False,
-    )
+    s3 = stack_s3(user)
     for jid in ids:
         body = json.loads(s3.get_object("blaze-results", f"e2e/jobs/{jid}/result.json").read())
         assert (

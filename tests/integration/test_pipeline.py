@@ -168,7 +168,10 @@ def test_diffusion_jobs_end_as_pngs_in_the_bucket(settings: BlazeSettings) -> No
         final = client.wait([j.job_id for j in jobs], timeout=120)
     assert {s.state for s in final.values()} == {JobState.SUCCEEDED}
     s3 = Minio(
-        settings.s3_endpoint, access_key="blaze", secret_key="blaze-secret-key", secure=False
+        settings.s3_endpoint,
+        access_key=settings.s3.access_key,
+        secret_key=settings.s3.secret_key.get_secret_value(),
+        secure=False,
     )
     body = json.loads(s3.get_object("blaze-results", settings.result_key("img-a")).read())
     assert body["kind"] == "diffusion" and len(body["images"]) == 2

@@ -30,3 +30,27 @@ def test_submit_publishes_keyed_jobs_and_marks_them_queued(settings: BlazeSettin
     consumer.close()
     assert set(got) == {j.job_id for j in jobs}
     assert got[jobs[0].job_id]["prompt"] == "p0"
+
+
+def test_the_stacks_redis_and_s3_refuse_callers_without_the_generated_secrets(
+    settings: BlazeSettings,
+) -> None:
+    import redis
+    from minio import Minio
+    from minio.error import S3Error
+
+    port = settings.stack.redis_port
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port, password="blaze").ping()
+    pw = settings.redis.password
+    assert pw is not None and redis.Redis(port=port, password=pw.get_secret_value()).ping()
+    old = Minio(
+        settings.s3_endpoint, access_key="blaze", secret_key="blaze-secret-key", secure=False
+    )
+    with pytest.raises(S3Error):
+        old.bucket_exists(settings.s3.bucket)
+    state = settings.stack.state_dir
+    for name in ("secrets.json", "valkey.conf", "seaweedfs-identities.json"):
+        assert (state / name).stat().st_mode & 0o777 == 0o600, name

@@ -1,7 +1,9 @@
+from pathlib import Path
+
 import pytest
 
 from pipelines.errors import ConfigError
-from pipelines.settings import load_settings
+from pipelines.settings import BlazeSettings, load_settings
 
 
 def test_defaults_point_at_the_embedded_stack() -> None:
@@ -78,3 +80,34 @@ def test_importing_pipelines_and_engines_contracts_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_unset_credentials_come_from_the_stack_secrets_file(tmp_path: Path) -> None:
+    import json
+
+    state = tmp_path / "stack"
+    bare = BlazeSettings(stack={"state_dir": state})
+    assert bare.s3.access_key == "" and bare.redis.password is None  # nothing fixed ships
+    state.mkdir()
+    (state / "secrets.json").write_text(
+        json.dumps({"s3_access_key": "ak", "s3_secret_key": "sk/+", "redis_password": "p@ss"})
+    )
+    s = BlazeSettings(stack={"state_dir": state})
+    assert s.s3.access_key == "ak" and s.s3.secret_key.get_secret_value() == "sk/+"
+    assert s.redis.password is not None and s.redis.password.get_secret_value() == "p@ss"
+    assert "sk/+" not in repr(s) and "p@ss" not in repr(s)
+    assert s.redis_url_with_password().startswith("redis://:p%40ss@127.0.0.1:")
+    # explicit settings win, and external services never take the stack's secrets
+    mine = BlazeSettings(stack={"state_dir": state}, s3={"access_key": "x", "secret_key": "y"})
+    assert mine.s3.access_key == "x" and mine.s3.secret_key.get_secret_value() == "y"
+    ext = BlazeSettings(
+        stack={"state_dir": state}, s3={"endpoint": "s3.example:443"}, redis={"url": "redis://r/0"}
+    )
+    assert ext.s3.access_key == "" and ext.redis.password is None
+
+
+def test_s3_without_credentials_is_a_clear_error(tmp_path: Path) -> None:
+    from pipelines.stores.results_s3 import S3ResultStore
+
+    with pytest.raises(ConfigError, match="BLAZE_S3__ACCESS_KEY"):
+        S3ResultStore(BlazeSettings(stack={"state_dir": tmp_path}))

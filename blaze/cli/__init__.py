@@ -13,7 +13,19 @@ import sys
 import typer
 from typer.exceptions import TyperException
 
-from blaze.cli import batch, demo, dlq, jobs, models, pipeline, processes, results, stack, submit
+from blaze.cli import (
+    batch,
+    demo,
+    dlq,
+    gateway,
+    jobs,
+    models,
+    pipeline,
+    processes,
+    results,
+    stack,
+    submit,
+)
 from blaze.cli.render import ExitCode, err
 from pipelines.errors import BlazeError, ConfigError
 
@@ -23,7 +35,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Blaze: batch inference from Kafka to S3.",
 )
-for group in (stack, processes, submit, jobs, results, dlq, batch, pipeline, models, demo):
+for group in (stack, processes, gateway, submit, jobs, results, dlq, batch, pipeline, models, demo):
     group.register(app)
 
 

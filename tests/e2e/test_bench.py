@@ -131,3 +131,18 @@ def test_compare_benchmark_smoke_run(tiny_models: Path) -> None:
     # a lone job spends time outside the engine call (submit, Kafka, dispatch, the result PUT)
     assert figures["added_latency_p95_ms"] >= figures["added_latency_p50_ms"] > 0
     assert figures["added_over_direct_process_p50_ms"] is not None
+
+
+def test_gateway_benchmark_prints_its_figures_last() -> None:
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gateway.py"), "--jobs", "400", "--single", "200"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures = json.loads(res.stdout.strip().splitlines()[-1])
+    assert figures["jobs_checked"] == 600
+    for name in ("bulk_jobs_per_s", "single_jobs_per_s", "p50_ms", "p99_ms"):
+        assert figures[name] > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,34 @@ def test_python_m_blaze_is_the_command_line() -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "--kind must be llm, diffusion or embed" in bad.stderr
+
+
+def test_gateway_commands_name_what_is_wrong(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "BLAZE_REDIS__URL": "redis://127.0.0.1:1/0"}
+    down = subprocess.run(
+        [sys.executable, "-m", "blaze", "keys", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert down.returncode == 1 and "Redis is not reachable" in down.stderr, down.stderr
+    assert "Traceback" not in down.stderr
+    scopes = subprocess.run(
+        [sys.executable, "-m", "blaze", "keys", "create", "--name", "a", "--scopes", "root"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert scopes.returncode == 2 and "scopes must be some of" in scopes.stderr, scopes.stderr
+    tls = subprocess.run(
+        [sys.executable, "-m", "blaze", "gateway", "--tls-key", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert tls.returncode == 2 and "--tls-cert and --tls-key go together" in tls.stderr

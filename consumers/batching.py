@@ -93,6 +93,10 @@ class Batcher(Generic[K, T]):
     def __len__(self) -> int:
         return sum(len(b.items) for b in self._open.values())
 
+    @property
+    def open_batches(self) -> int:
+        return len(self._open)
+
     def add(
         self,
         key: K,

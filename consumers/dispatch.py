@@ -117,6 +117,15 @@ class Router:
             devices = [d for d in devices if d in self.only]
         return [self.settings.queue(kind, d) for d in devices]
 
+    def all_queues(self) -> list[str]:
+        """Every queue this router may send to, for every model of the registry."""
+        queues = {
+            q
+            for name in self.registry.names()
+            for q in self.queues_for(self.registry.specs[name].kind, name)
+        }
+        return sorted(queues)
+
     def has_empty_queue(self, kind: str, model: str) -> bool:
         """Whether a queue for this model holds no waiting batch (a batch sent now starts as
         soon as a worker of that queue is free; at low load, at once)."""

@@ -27,7 +27,9 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from consumers.batching import Batcher
 from consumers.dispatch import CeleryDispatcher, Dispatcher, RedisQueueDepth, Router, Strategy
+from consumers.metrics import IntakeMetrics, MeteredDepth, reason_label
 from consumers.offsets import OffsetTracker
+from pipelines.errors import ServiceUnavailable
 from pipelines.jobs import (
     JOB_KINDS,
     PAYLOAD_KEEP_BYTES,
@@ -38,6 +40,9 @@ from pipelines.jobs import (
     parse_job,
 )
 from pipelines.kafka import ensure_topics, unavailable
+from pipelines.observe import trace
+from pipelines.observe.checks import service_checks
+from pipelines.observe.process import ProcessObserver, process_id
 from pipelines.registry import Registry, load_registry
 from pipelines.settings import BlazeSettings
 from pipelines.stores import connect
@@ -56,15 +61,20 @@ class Record(Protocol):
     headers: list[tuple[str, bytes | None]] | None
 
 
+def header(rec: Record, name: str) -> bytes | None:
+    for key, value in rec.headers or []:
+        if key == name:
+            return value
+    return None
+
+
 def sent_with(rec: Record) -> int:
     """The ``blaze-sent-with`` header of a record; 1 when absent or not a positive integer."""
-    for key, value in rec.headers or []:
-        if key == SENT_WITH_HEADER and value:
-            try:
-                return max(1, int(value))
-            except ValueError:
-                return 1
-    return 1
+    value = header(rec, SENT_WITH_HEADER)
+    try:
+        return max(1, int(value)) if value else 1
+    except ValueError:
+        return 1
 
 
 class JobSource(Protocol):
@@ -92,6 +102,8 @@ class Entry:
     job: AnyJob
     tp: Any
     offset: int
+    read_at: float = 0.0
+    traceparent: str | None = None
 
 
 @dataclass
@@ -119,6 +131,7 @@ class Intake:
         router: Picks the worker queue for a batch; None from it means "all full".
         registry: Known models and their batch limits.
         clock: Monotonic clock for batching deadlines.
+        metrics: Where counts and gauges go (None: no metrics).
     """
 
     def __init__(
@@ -131,8 +144,11 @@ class Intake:
         router: Router,
         registry: Registry,
         clock: Callable[[], float] = time.monotonic,
+        metrics: IntakeMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
+        self._observed_at = float("-inf")
         self.source = source
         self.dispatcher = dispatcher
         self.dead_letters = dead_letters
@@ -160,7 +176,12 @@ class Intake:
             timeout = max_poll_s if wait is None else min(max_poll_s, wait)
         records = self.source.poll(timeout_ms=int(timeout * 1000), max_records=500)
         letters: list[tuple[DeadLetter, Any, int]] = []
+        now = self.clock()
         for tp, recs in records.items():
+            if self.metrics is not None and recs:
+                self.metrics.received.labels(self._kinds.get(recs[0].topic, "unknown")).inc(
+                    len(recs)
+                )
             for rec in recs:
                 self.stats.received += 1
                 self.offsets.track(tp, rec.offset)
@@ -170,7 +191,14 @@ class Intake:
                     continue
                 spec = self.registry.get(parsed.model)
                 size, wait_s = spec.batch_limits(self.settings) if spec else (None, None)
-                entry = Entry(parsed, tp, rec.offset)
+                tp_header = header(rec, trace.HEADER)
+                entry = Entry(
+                    parsed,
+                    tp,
+                    rec.offset,
+                    now,
+                    tp_header.decode("ascii", "replace") if tp_header else None,
+                )
                 batch = self.batcher.add(batch_key(parsed), entry, size, wait_s, sent_with(rec))
                 if batch is not None:
                     self.ready.append(batch)
@@ -181,6 +209,33 @@ class Intake:
             self.ready.extend(batch for _, batch in self.batcher.due(self._can_start))
         self._pump()
         self.commit()
+        if self.metrics is not None and self.clock() - self._observed_at >= 1.0:
+            self.observe()
+
+    def observe(self) -> None:
+        """Refresh the gauges: lag per partition, open and ready batches, pauses, queue depths."""
+        m = self.metrics
+        if m is None:
+            return
+        self._observed_at = self.clock()
+        m.open_batches.set(self.batcher.open_batches)
+        m.ready_batches.set(len(self.ready))
+        m.paused.set(len(self.source.paused()))
+        highwater = getattr(self.source, "highwater", None)
+        position = getattr(self.source, "position", None)
+        for tp in self.source.assignment():
+            end = highwater(tp) if highwater else None
+            if end is None:
+                continue
+            point = self.offsets.point(tp)
+            if point is None and position is not None:
+                point = position(tp)
+            if point is not None:
+                m.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - point))
+        try:
+            self.router.depth.depth(self.router.all_queues())
+        except ServiceUnavailable as exc:
+            log.warning("queue depths: %s", exc)
 
     def _can_start(self, entries: list[Entry]) -> bool:
         """Whether a quiet partial batch may leave early: a queue for it is empty (``due`` is
@@ -211,6 +266,9 @@ class Intake:
 
     def _dead_letter(self, letters: list[tuple[DeadLetter, Any, int]]) -> None:
         self.dead_letters.send([d for d, _, _ in letters])
+        if self.metrics is not None:
+            for d, _, _ in letters:
+                self.metrics.dead_lettered.labels(d.stage, reason_label(d.reason)).inc()
         now = time.time()
         known = [
             StatusUpdate(d.job_id, JobState.DEAD, d.reason, now)
@@ -219,7 +277,9 @@ class Intake:
         ]
         self.status.update(known)
         for d, tp, off in letters:
-            log.warning("dead letter %s@%s: %s", d.job_id or "-", off, d.reason)
+            log.warning(
+                "dead letter %s@%s: %s", d.job_id or "-", off, d.reason, extra={"job_id": d.job_id}
+            )
             self.offsets.settle(tp, off)
         self.stats.dead_lettered += len(letters)
 
@@ -246,10 +306,13 @@ class Intake:
 
     def _dispatch(self, queue: str, batch: list[Entry]) -> None:
         job = batch[0].job
+        batch_id = uuid.uuid4().hex
+        traces = {e.job.job_id: trace.child(e.traceparent) for e in batch if e.traceparent}
         payload = batch_payload(
             [e.job.model_dump(mode="json") for e in batch],
-            batch_id=uuid.uuid4().hex,
+            batch_id=batch_id,
             queued_at=time.time(),
+            traces=traces,
         )
         # Recorded before the hand-off so a fast worker's "running" never precedes it; if the
         # dispatch fails the offsets stay uncommitted and the job comes back anyway.
@@ -260,7 +323,31 @@ class Intake:
             self.offsets.settle(e.tp, e.offset)
         self.stats.batches += 1
         self.stats.dispatched_jobs += len(batch)
-        log.info("dispatched %d %s jobs of %s to %s", len(batch), job.kind, job.model, queue)
+        if self.metrics is not None:
+            self._count_batch(queue, batch)
+        log.info(
+            "dispatched %d %s jobs of %s to %s",
+            len(batch),
+            job.kind,
+            job.model,
+            queue,
+            extra={
+                "batch_id": batch_id,
+                "job_ids": [e.job.job_id for e in batch],
+                "trace_ids": sorted({t for v in traces.values() if (t := trace.trace_id(v))}),
+            },
+        )
+
+    def _count_batch(self, queue: str, batch: list[Entry]) -> None:
+        m = self.metrics
+        assert m is not None
+        job = batch[0].job
+        spec = self.registry.get(job.model)
+        size = spec.batch_limits(self.settings)[0] if spec else self.settings.batch.max_size
+        m.batches.labels(job.kind, job.model, queue).inc()
+        m.batch_size.labels(job.kind, job.model).observe(len(batch))
+        m.batch_fill.labels(job.kind, job.model).observe(min(1.0, len(batch) / max(1, size)))
+        m.batch_open.labels(job.kind, job.model).observe(max(0.0, self.clock() - batch[0].read_at))
 
     def commit(self, force: bool = False) -> None:
         points = self.offsets.commit_points()
@@ -338,11 +425,16 @@ def run_intake(
     on_ready: Callable[[], None] | None = None,
     strategy: Strategy = "least_outstanding",
     registry: Registry | None = None,
+    metrics_port: int | None = None,
+    metrics: IntakeMetrics | None = None,
 ) -> IntakeStats:
     """Run the consumer until ``stop`` is set or SIGTERM/SIGINT arrives (main thread only).
 
     Args:
         devices: Route only to these devices (default: every device a model lists).
+        metrics_port: Serve /metrics, /livez and /readyz here (0: a free port) and beat
+            into Redis; None: neither.
+        metrics: Where counts go (default: a fresh registry).
     """
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -355,7 +447,9 @@ def run_intake(
         signal.signal(signal.SIGINT, _stop)
 
     registry = registry or load_registry(settings)
-    router = Router(settings, registry, RedisQueueDepth(settings), strategy, only_devices=devices)
+    metrics = metrics or IntakeMetrics()
+    depth = MeteredDepth(RedisQueueDepth(settings), metrics)
+    router = Router(settings, registry, depth, strategy, only_devices=devices)
     listener = _Listener()
     consumer = make_consumer(settings, listener)
     dead = connect.dead_letters(settings)
@@ -368,14 +462,35 @@ def run_intake(
         status,
         router,
         registry,
+        metrics=metrics,
     )
     listener.intake = intake
     ready = False
+    observer = None
+    if metrics_port is not None:
+        checks = service_checks(settings, "kafka", "redis")
+        checks["group"] = lambda: None if ready else f"not yet in group {settings.consumer_group}"
+        observer = ProcessObserver(
+            settings,
+            "consumer",
+            process_id("consumer"),
+            metrics.registry,
+            checks,
+            info=lambda: {
+                "group": settings.consumer_group,
+                "partitions": len(intake.offsets.partitions()),
+                "received": intake.stats.received,
+                "batches": intake.stats.batches,
+                "paused": intake.paused,
+            },
+            port=metrics_port,
+        ).start()
     try:
         while not stop.is_set():
             intake.step()
             if not ready and consumer.assignment():
                 ready = True
+                metrics.group_joined.set(1)
                 log.info("intake joined group %s", settings.consumer_group)
                 if on_ready:
                     on_ready()
@@ -389,6 +504,8 @@ def run_intake(
             log.info("intake stopped before joining; leaving without closing the consumer")
         dead.close()
         status.close()
+        if observer is not None:
+            observer.stop()
     summary = {**asdict(intake.stats), "mean_batch_size": round(intake.stats.mean_batch_size, 2)}
     log.info("intake stopped: %s", json.dumps(summary))
     return intake.stats

@@ -35,8 +35,18 @@ class OffsetTracker:
         if part is not None:
             part.pending.discard(offset)
 
+    def partitions(self) -> list[Hashable]:
+        return list(self._parts)
+
     def pending(self) -> int:
         return sum(len(p.pending) for p in self._parts.values())
+
+    def point(self, tp: Hashable) -> int | None:
+        """The offset this partition may be committed up to now (None if nothing was read)."""
+        part = self._parts.get(tp)
+        if part is None:
+            return None
+        return min(part.pending) if part.pending else part.high + 1
 
     def commit_points(self) -> dict[Hashable, int]:
         """Next offset to commit for each partition that moved since the last call."""

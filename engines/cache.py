@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,8 @@ class EngineCache:
     engines: OrderedDict[str, Engine[Any]] = field(default_factory=OrderedDict)
     failures: dict[str, tuple[float, str]] = field(default_factory=dict)
     unloaded: list[str] = field(default_factory=list)
+    on_load: Callable[[str], None] | None = None
+    on_unload: Callable[[str], None] | None = None
 
     def get(self, model: str) -> Engine[Any]:
         if model in self.engines:
@@ -54,6 +57,8 @@ class EngineCache:
             raise ModelUnavailable(msg) from exc
         self.failures.pop(model, None)
         self.engines[model] = engine
+        if self.on_load is not None:
+            self.on_load(model)
         self._fit_budget(keep=model)
         return engine
 
@@ -67,6 +72,8 @@ class EngineCache:
             victim = next(m for m in self.engines if m != keep)
             del self.engines[victim]
             self.unloaded.append(victim)
+            if self.on_unload is not None:
+                self.on_unload(victim)
             free_accelerator_memory()
             log.info("unloaded %s (least recently used) to stay under the memory budget", victim)
 

@@ -21,8 +21,10 @@ from pydantic import TypeAdapter, ValidationError
 from engines.base import Output
 from engines.cache import EngineCache
 from engines.isolate import free_accelerator_memory, run_isolated
+from engines.metrics import WorkerMetrics
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import AnyJob, DiffusionJob, EmbedJob, Job, is_job_id, job_seed
+from pipelines.observe import trace
 from pipelines.results import (
     RESULT_TYPES,
     AnyResult,
@@ -35,7 +37,7 @@ from pipelines.results import (
 )
 from pipelines.settings import BlazeSettings
 from pipelines.stores.results import ResultStore
-from pipelines.stores.status import GroupsDone, JobState, StatusStore, StatusUpdate
+from pipelines.stores.status import Claim, GroupsDone, JobState, StatusStore, StatusUpdate
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,13 @@ class BatchRunner:
         engines: EngineCache,
         on_groups_done: GroupsDone | None = None,
         worker_name: str = "",
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
+        self.current: dict[str, Any] | None = None  # the batch in hand, for heartbeats
+        self.last: dict[str, Any] | None = None  # the last batch's end and outcome
+        self._traces: dict[str, str] = {}
         self.results = results
         self.status = status
         self.engines = engines
@@ -69,7 +76,32 @@ class BatchRunner:
         self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
 
     def run(self, payload: dict[str, Any]) -> dict[str, int]:
+        """Run one batch (see the class docstring); returns counts by outcome."""
         started = time.time()
+        raw_jobs = payload.get("jobs", [])
+        self.current = {
+            "batch_id": payload.get("batch_id"),
+            "jobs": len(raw_jobs) if isinstance(raw_jobs, list) else 0,
+            "started_at": started,
+        }
+        busy = self.metrics.busy.labels(self.metrics.device) if self.metrics else None
+        if busy is not None:
+            busy.set(1)
+        outcome: dict[str, Any] = {"error": "the batch raised"}
+        try:
+            summary = self._run(payload, started)
+            outcome = dict(summary)
+            return summary
+        except Exception as exc:
+            outcome = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            raise
+        finally:
+            if busy is not None:
+                busy.set(0)
+            self.last = {**self.current, "finished_at": time.time(), "outcome": outcome}
+            self.current = None
+
+    def _run(self, payload: dict[str, Any], started: float) -> dict[str, int]:
         queued_at = float(payload.get("queued_at", started))
         jobs, broken = self._parse(payload.get("jobs", []))
         # Unseeded jobs get a seed from their id: a rerun reproduces the same output.
@@ -80,6 +112,10 @@ class BatchRunner:
         keys = {j.job_id: self.settings.result_key(j.job_id) for j in jobs}
         claims = self.status.claim(list(keys), started)
         claimed = [j for j in jobs if claims[j.job_id].claimed]
+        traces = payload.get("traces") or {}
+        self._traces = {
+            j.job_id: trace.child(traces.get(j.job_id)) for j in jobs if traces.get(j.job_id)
+        }
         cancelled = [j for j in jobs if claims[j.job_id].state is JobState.CANCELLED]
         # Only a job claimed before can have a result (claims precede results), so the
         # bucket is asked about those alone instead of a HEAD per job.
@@ -122,6 +158,9 @@ class BatchRunner:
         self._write_manifest(payload, jobs, final, started, now)
         if applied.groups_done and self.on_groups_done is not None:
             self.on_groups_done(applied.groups_done)
+        if self.metrics is not None:
+            mine = [d for d in docs if keys.get(d.job_id) not in taken]
+            self._count(jobs, claimed, claims, mine, now)
         ok = sum(d.status == "succeeded" for d in final.values())
         return {
             "jobs": len(jobs),
@@ -130,6 +169,29 @@ class BatchRunner:
             "cancelled": len(cancelled),
             "skipped": len(jobs) - len(claimed) - len(cancelled) + len(taken),
         }
+
+    def _count(
+        self,
+        jobs: list[AnyJob],
+        claimed: list[AnyJob],
+        claims: dict[str, Claim],
+        written: list[AnyResult],
+        now: float,
+    ) -> None:
+        """Counts of the batch: each job this attempt settled counts once, by its state."""
+        m = self.metrics
+        assert m is not None
+        m.batches.labels(m.device).inc()
+        by_id = {j.job_id: j for j in jobs}
+        for j in claimed:
+            if claims[j.job_id].attempts > 1:
+                m.redeliveries.labels(j.kind).inc()
+        for d in written:
+            job = by_id.get(d.job_id)
+            kind = job.kind if job else d.kind
+            m.ended.labels(kind, d.model, d.status).inc()
+            if job is not None and d.status != "cancelled":
+                m.e2e.labels(kind, d.model).observe(max(0.0, now - job.submitted_at.timestamp()))
 
     def _read_existing(self, keys: set[str]) -> dict[str, AnyResult]:
         """Result documents another attempt wrote first: they are the job's outcome."""
@@ -199,17 +261,25 @@ class BatchRunner:
         self, model: str, jobs: list[AnyJob], queued_at: float, batch_size: int
     ) -> tuple[list[AnyResult], list[tuple[str, bytes, str]]]:
         t0 = time.time()
+        failed = False
         try:
             engine = self.engines.get(model)
             outputs = run_isolated(engine, jobs, free_accelerator_memory)
             prov = engine.describe()
         except ModelUnavailable as exc:
-            outputs, prov = [Output(error=str(exc))] * len(jobs), {"model": model}
+            outputs, prov, failed = [Output(error=str(exc))] * len(jobs), {"model": model}, True
         except Exception as exc:
-            log.exception("engine %s failed on a batch of %d", model, len(jobs))
+            log.exception(
+                "engine %s failed on a batch of %d",
+                model,
+                len(jobs),
+                extra={"job_ids": [j.job_id for j in jobs]},
+            )
             outputs = [Output(error=f"engine error: {type(exc).__name__}: {exc}")] * len(jobs)
-            prov = {"model": model}
+            prov, failed = {"model": model}, True
         compute = time.time() - t0
+        if self.metrics is not None:
+            self._count_call(model, jobs, outputs, t0, queued_at, compute, failed)
         docs: list[AnyResult] = []
         blobs: list[tuple[str, bytes, str]] = []
         for job, out in zip(jobs, outputs, strict=True):
@@ -231,6 +301,8 @@ class BatchRunner:
                 "batch_size": batch_size,
                 "seed": job.seed if seed is None else seed,
             }
+            if job.job_id in self._traces:
+                provenance["traceparent"] = self._traces[job.job_id]
             if isinstance(job, EmbedJob):
                 dim = len(out.vectors[0]) if out.vectors else 0
                 provenance["params"] = {"normalize": job.normalize, "texts": len(job.texts)}
@@ -285,6 +357,39 @@ class BatchRunner:
                 )
             )
         return docs, blobs
+
+    def _count_call(
+        self,
+        model: str,
+        jobs: list[AnyJob],
+        outputs: list[Output],
+        t0: float,
+        queued_at: float,
+        compute: float,
+        failed: bool,
+    ) -> None:
+        m = self.metrics
+        assert m is not None
+        kind = jobs[0].kind
+        m.engine_calls.labels(kind, model, m.device).inc()
+        if failed:
+            m.engine_errors.labels(kind, model, m.device).inc()
+        m.compute.labels(kind, model).observe(compute)
+        m.batch_wait.labels(kind, model).observe(max(0.0, t0 - queued_at))
+        queue_wait = m.queue_wait.labels(kind, model)
+        for job in jobs:
+            queue_wait.observe(max(0.0, t0 - job.submitted_at.timestamp()))
+        prompt = sum(o.prompt_tokens for o in outputs)
+        generated = sum(o.completion_tokens for o in outputs)
+        images = sum(len(o.images) for o in outputs)
+        if prompt:
+            m.prompt_tokens.labels(model).inc(prompt)
+        if generated:
+            m.generation_tokens.labels(model).inc(generated)
+            if compute > 0:
+                m.tokens_per_s.labels(model).observe(generated / compute)
+        if images:
+            m.images.labels(model).inc(images)
 
 
 _STATE = {

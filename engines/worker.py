@@ -14,11 +14,15 @@ from typing import Any
 
 from celery import Celery
 
+from engines.base import memory_bytes
 from engines.cache import EngineCache
 from engines.devices import pin_device
 from engines.factory import engine_factory
+from engines.metrics import WorkerMetrics
 from engines.runner import BatchRunner
 from pipelines.errors import ModelUnavailable, ServiceUnavailable
+from pipelines.observe.checks import Check, service_checks
+from pipelines.observe.process import ProcessObserver, process_id
 from pipelines.settings import BlazeSettings
 from pipelines.stores.results import ResultStore
 from pipelines.stores.status import GroupsDone, StatusStore
@@ -60,12 +64,14 @@ def run_worker(
     dtype: str | None = None,
     loglevel: str = "INFO",
     kinds: Sequence[str] = ("llm", "diffusion", "embed"),
+    metrics_port: int | None = None,
 ) -> None:
     """Serve ``{namespace}.{kind}.{device}`` for each kind until SIGTERM.
 
     Warm shutdown finishes the batch in hand; a batch taken but not finished by a process
     that dies goes back to the queue (late acknowledgement). ``on_groups_done`` hears of job
-    groups (OpenAI-style batches) whose last job a batch settled.
+    groups (OpenAI-style batches) whose last job a batch settled. With a ``metrics_port``
+    (0: a free one) it serves /metrics, /livez and /readyz there and beats into Redis.
     """
     torch_device = pin_device(device)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,17 +86,71 @@ def run_worker(
     cache = EngineCache(
         engine_factory(settings, dtype), torch_device, None if budget is None else budget << 20
     )
+    metrics = WorkerMetrics(device)
+    metrics.watch(cache)
+    queues = ",".join(settings.queue(kind, device) for kind in kinds)
+    name = f"{settings.namespace}-{device.replace(':', '')}@%h"
+    runner = BatchRunner(
+        settings,
+        results,
+        status,
+        cache,
+        on_groups_done,
+        name.replace("%h", socket.gethostname()),
+        metrics,
+    )
+    observer = None
+    if metrics_port is not None:
+        observer = ProcessObserver(
+            settings,
+            "worker",
+            process_id("worker", device),
+            metrics.registry,
+            worker_checks(settings, cache, preload),
+            info=lambda: {
+                "device": device,
+                "queues": queues.split(","),
+                "models": {m: memory_bytes(e) for m, e in list(cache.engines.items())},
+                "health": cache.health(),
+                "batch": runner.current,
+                "last_batch": runner.last,
+            },
+            port=metrics_port,
+        ).start()
     for model in preload:
         try:
             cache.get(model)
         except ModelUnavailable as exc:
             log.error("preload: %s", exc)
-    queues = ",".join(settings.queue(kind, device) for kind in kinds)
-    name = f"{settings.namespace}-{device.replace(':', '')}@%h"
-    runner = BatchRunner(
-        settings, results, status, cache, on_groups_done, name.replace("%h", socket.gethostname())
-    )
     app = worker_app(settings, runner)
+    try:
+        _serve(app, queues, name, loglevel)
+    finally:
+        if observer is not None:
+            observer.stop()
+
+
+def worker_checks(
+    settings: BlazeSettings, cache: EngineCache, preload: Sequence[str]
+) -> dict[str, Check]:
+    """Redis (the Celery broker and status), S3 (results), Kafka if status events are on,
+    and every preloaded model loaded."""
+    names = ["redis", "s3"] + (["kafka"] if settings.kafka.status_events else [])
+    checks = service_checks(settings, *names)
+
+    def engines() -> str | None:
+        missing = [m for m in preload if m not in cache.engines]
+        if not missing:
+            return None
+        health = cache.health()
+        return "; ".join(f"{m}: {health.get(m, 'loading')}" for m in missing)
+
+    if preload:
+        checks["engine"] = engines
+    return checks
+
+
+def _serve(app: Celery, queues: str, name: str, loglevel: str) -> None:
     app.worker_main(
         [
             "worker",

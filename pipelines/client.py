@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -15,6 +15,7 @@ from kafka.errors import KafkaError
 from pipelines.errors import ConfigError, JobTimeout
 from pipelines.jobs import SENT_WITH_HEADER, AnyJob, job_group
 from pipelines.kafka import ensure_topics, make_producer, unavailable
+from pipelines.observe import trace
 from pipelines.results import RESULT_TYPES, AnyResult, DiffusionResult, parse_result
 from pipelines.settings import BlazeSettings
 from pipelines.stores import connect
@@ -105,6 +106,7 @@ class Client:
         chunk: int = 500,
         restart: bool = False,
         together: int | None = None,
+        traceparent: str | Mapping[str, str] | None = None,
     ) -> list[JobHandle]:
         """Publish jobs in batched sends (acks=all, key = job id) and mark them queued.
 
@@ -116,6 +118,10 @@ class Client:
         if any is not, naming the broker. Jobs are marked queued *before* they are sent, so
         no later state (or status event) can precede it and a job's group is known whatever
         stage settles it; if the send fails, those marks are removed again.
+
+        Each job carries a W3C ``traceparent`` header: a hop of ``traceparent`` when given
+        (a caller's own trace, e.g. the HTTP request's; or one per job id), else a fresh trace
+        of its own.
         """
         producer = self._get_producer()
         if restart:  # replayed jobs start a fresh life: their old terminal state must go
@@ -135,7 +141,7 @@ class Client:
                         self._topic(job.kind),
                         key=job.job_id.encode(),
                         value=job.model_dump_json(exclude_defaults=False).encode(),
-                        headers=sent_with,
+                        headers=[*sent_with, (trace.HEADER, hop(traceparent, job.job_id).encode())],
                         **places[job.kind],
                     )
                     for job in part
@@ -291,6 +297,13 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def hop(traceparent: str | Mapping[str, str] | None, job_id: str) -> str:
+    """The traceparent a job is sent with: the caller's trace (for all, or by job id), or a
+    new one."""
+    parent = traceparent.get(job_id) if isinstance(traceparent, Mapping) else traceparent
+    return trace.child(parent) if parent else trace.new_traceparent()
 
 
 def _queued(job: AnyJob, at: float) -> StatusUpdate:

@@ -199,6 +199,37 @@ class GatewaySettings(_Group):
     jwt_tenant_claim: str = "sub"
 
 
+class ObserveSettings(_Group):
+    """Metrics, health endpoints, heartbeats and logs of the long-running processes."""
+
+    metrics_host: str = Field(
+        default="127.0.0.1", description="where /metrics, /livez and /readyz listen"
+    )
+    heartbeat_s: float = Field(default=2.0, gt=0, le=300, description="heartbeat interval")
+    stale_after_s: float = Field(
+        default=10.0, gt=0, le=3600, description="a process silent this long is stale"
+    )
+    gone_after_s: float = Field(
+        default=300.0, gt=0, le=7 * 86400, description="a process silent this long is gone"
+    )
+    run_dir: Path = Field(
+        default=Path(".blaze/run"), description="where processes on this host record their ports"
+    )
+    log_format: Literal["text", "json"] = "text"
+    otel_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP endpoint for spans (needs the otel extra)"
+    )
+
+    @model_validator(mode="after")
+    def _windows_ordered(self) -> ObserveSettings:
+        if not self.heartbeat_s < self.stale_after_s < self.gone_after_s:
+            raise ValueError(
+                "observe: need heartbeat_s < stale_after_s < gone_after_s, got "
+                f"{self.heartbeat_s} / {self.stale_after_s} / {self.gone_after_s}"
+            )
+        return self
+
+
 class BlazeSettings(BaseSettings):
     """Every setting Blaze reads, validated once at start-up."""
 
@@ -231,6 +262,7 @@ class BlazeSettings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     airflow: AirflowSettings = AirflowSettings()
     gateway: GatewaySettings = GatewaySettings()
+    observe: ObserveSettings = ObserveSettings()
 
     @model_validator(mode="after")
     def _stack_secrets(self) -> BlazeSettings:

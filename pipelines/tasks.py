@@ -48,6 +48,19 @@ def celery_app(settings: BlazeSettings, name: str = "blaze") -> Celery:
     return app
 
 
-def batch_payload(jobs: list[dict[str, Any]], *, batch_id: str, queued_at: float) -> dict[str, Any]:
-    """The body of one ``run_batch`` task: the jobs themselves plus batch bookkeeping."""
-    return {"batch_id": batch_id, "queued_at": queued_at, "jobs": jobs}
+def batch_payload(
+    jobs: list[dict[str, Any]],
+    *,
+    batch_id: str,
+    queued_at: float,
+    traces: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The body of one ``run_batch`` task: the jobs themselves plus batch bookkeeping.
+
+    ``traces`` maps job ids to the W3C ``traceparent`` each job arrived with (the consumer's
+    hop), so the worker logs and records it with the job's result.
+    """
+    body: dict[str, Any] = {"batch_id": batch_id, "queued_at": queued_at, "jobs": jobs}
+    if traces:
+        body["traces"] = traces
+    return body

@@ -20,6 +20,7 @@ from blaze.cli import (
     gateway,
     jobs,
     models,
+    observe,
     pipeline,
     processes,
     results,
@@ -35,7 +36,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Blaze: batch inference from Kafka to S3.",
 )
-for group in (stack, processes, gateway, submit, jobs, results, dlq, batch, pipeline, models, demo):
+for group in (
+    stack,
+    processes,
+    observe,
+    gateway,
+    submit,
+    jobs,
+    results,
+    dlq,
+    batch,
+    pipeline,
+    models,
+    demo,
+):
     group.register(app)
 
 

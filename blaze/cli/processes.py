@@ -16,6 +16,16 @@ import typer
 from blaze.cli.render import cli_settings, setup_logging
 from pipelines.errors import ConfigError
 
+MetricsPort = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=65535,
+        help="serve /metrics, /livez, /readyz here (0: a free port, recorded for blaze health)",
+    ),
+]
+LogFormat = Annotated[str | None, typer.Option(help="text or json (default: settings)")]
+
 
 def worker(
     device: Annotated[str, typer.Option(help="cpu or cuda:N")] = "cpu",
@@ -29,6 +39,8 @@ def worker(
         list[str] | None, typer.Option("--kind", help="llm, diffusion, embed (default: all)")
     ] = None,
     loglevel: str = "INFO",
+    metrics_port: MetricsPort = 0,
+    log_format: LogFormat = None,
 ) -> None:
     """Run a Celery worker pinned to one device, serving that device's queues."""
     from engines.base import DTYPE_NAMES
@@ -47,7 +59,7 @@ def worker(
     from pipelines.openai.service import BatchService, finalize_groups
     from pipelines.stores import connect
 
-    setup_logging(loglevel)
+    setup_logging(loglevel, log_format)
     results = connect.result_store(settings)
     results.ensure_bucket()
     status = connect.status_store(settings)
@@ -62,6 +74,7 @@ def worker(
             dtype=dtype,
             loglevel=loglevel,
             kinds=kind or JOB_KINDS,
+            metrics_port=metrics_port,
         )
     finally:
         results.close()
@@ -77,6 +90,8 @@ def consume(
         str, typer.Option(help="least_outstanding or round_robin")
     ] = "least_outstanding",
     loglevel: str = "INFO",
+    metrics_port: MetricsPort = 0,
+    log_format: LogFormat = None,
 ) -> None:
     """Run the Kafka intake consumer: batch jobs and dispatch them to worker queues."""
     stop = threading.Event()  # SIGTERM during start-up still means a clean stop
@@ -88,12 +103,19 @@ def consume(
         if d != "cpu" and not (d.startswith("cuda:") and d[5:].isdigit()):
             raise ConfigError(f"--device must be 'cpu' or 'cuda:N', got {d!r}")
     settings = cli_settings()
-    setup_logging(loglevel)
+    setup_logging(loglevel, log_format)
     from consumers.intake import run_intake
     from pipelines.registry import load_registry
 
     registry = load_registry(settings)
-    run_intake(settings, devices=device, stop=stop, strategy=strategy, registry=registry)  # type: ignore[arg-type]
+    run_intake(
+        settings,
+        devices=device,
+        stop=stop,
+        strategy=strategy,  # type: ignore[arg-type]
+        registry=registry,
+        metrics_port=metrics_port,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from datetime import datetime
 from typing import Any
@@ -29,14 +28,13 @@ def cli_settings() -> BlazeSettings:
     return load_settings()
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("kafka", "urllib3", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def setup_logging(level: str, fmt: str | None = None) -> None:
+    """Logs of a long-running command: ``fmt`` text or json (default: BLAZE_OBSERVE__LOG_FORMAT)."""
+    from pipelines.observe.logs import setup_logging as setup
+
+    if fmt is not None and fmt not in ("text", "json"):
+        raise ConfigError(f"--log-format must be text or json, got {fmt!r}")
+    setup(level, fmt or load_settings().observe.log_format)
 
 
 def job_ids_of(job_ids: list[str]) -> list[str]:

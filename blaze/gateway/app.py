@@ -6,11 +6,18 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from blaze.gateway import admin, errors, jobs, openai
 from blaze.gateway.core import Gateway
 from blaze.gateway.frontdoor import FrontDoor
+from blaze.gateway.metrics import Metered
+from pipelines.observe.checks import service_checks
+from pipelines.observe.heartbeats import blaze_version
+from pipelines.observe.probes import Readiness, readiness_body
+from pipelines.observe.process import ProcessObserver, process_id
 from pipelines.settings import BlazeSettings, load_settings
 
 log = logging.getLogger("blaze.gateway")
@@ -19,12 +26,25 @@ log = logging.getLogger("blaze.gateway")
 def create_app(settings: BlazeSettings, gateway: Gateway | None = None) -> FastAPI:
     """The HTTP API over the pipeline; connections are made here, once."""
     gw = gateway or Gateway(settings)
+    readiness = Readiness(service_checks(settings, "kafka", "redis", "s3"))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        gws = settings.gateway
+        observer = ProcessObserver(
+            settings,
+            "gateway",
+            process_id("gateway"),
+            gw.metrics.registry,
+            {},
+            port=None,
+            url=f"http://{gws.host}:{gws.port}",
+        ).start()
         try:
             yield
         finally:
+            observer.stop()
+            readiness.close()
             gw.close()
 
     app = FastAPI(
@@ -43,6 +63,21 @@ def create_app(settings: BlazeSettings, gateway: Gateway | None = None) -> FastA
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/livez", tags=["health"])
+    def livez() -> dict[str, str]:
+        """The process answers (nothing else is checked)."""
+        return {"status": "alive", "role": "gateway", "version": blaze_version()}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        """Kafka, Redis and S3 reachable; 503 naming what is not."""
+        code, body = readiness_body(readiness.run())
+        return JSONResponse(body, status_code=code)
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     gws = settings.gateway
     app.add_middleware(
         FrontDoor,
@@ -50,6 +85,7 @@ def create_app(settings: BlazeSettings, gateway: Gateway | None = None) -> FastA
         upload_limit=gws.max_file_mb << 20,
         audit=gw.audit,
     )
+    app.add_middleware(Metered, metrics=gw.metrics)
     return app
 
 

@@ -20,6 +20,7 @@ from blaze.gateway.errors import ApiError, not_found
 from blaze.gateway.files import FileStore
 from blaze.gateway.frontdoor import AuditLog
 from blaze.gateway.limits import Limits, too_many
+from blaze.gateway.metrics import GatewayMetrics
 from blaze.gateway.publisher import Publisher
 from blaze.sdk import Client
 from pipelines.errors import NotFound
@@ -59,6 +60,7 @@ class Gateway:
         self.limits = Limits(settings, self.redis, self.status)
         self.audit = AuditLog(settings)
         self.registry = load_registry(settings)
+        self.metrics = GatewayMetrics()
 
     def close(self) -> None:
         self.publisher.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ from blaze.gateway.errors import ApiError, not_found
 from pipelines.client import stand_in
 from pipelines.errors import BlazeError
 from pipelines.jobs import GROUP_TAG, AnyJob, Job, is_job_id
+from pipelines.observe import trace
 from pipelines.results import DiffusionResult, parse_result
 from pipelines.stores.status import JobState, JobStatus
 
@@ -86,14 +88,19 @@ def submit_jobs(
     else:
         request.state.uncharged = False  # the request is counted here, refused or not
         headers = gw.limits.submit(who, ids)
+    parent = request.headers.get(trace.HEADER)
+    parent = parent if trace.parse(parent) else None
     try:
         if batch:  # a whole batch file is one round of its own
-            gw.client.submit_many(jobs)
+            gw.client.submit_many(jobs, traceparent=parent)
         else:
-            gw.publisher.publish(jobs)
+            gw.publisher.publish(jobs, parent)
     except BlazeError:
         gw.limits.release(who, ids)
         raise
+    via = "batch" if batch else ("interactive" if request.url.path != "/v1/jobs" else "jobs")
+    for kind, n in Counter(j.kind for j in jobs).items():
+        gw.metrics.submitted.labels(kind, via).inc(n)
     return headers
 
 

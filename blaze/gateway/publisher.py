@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from pipelines.client import Client
 from pipelines.jobs import AnyJob
 
-Item = tuple[Sequence[AnyJob], "Future[None]"]
+Item = tuple[Sequence[AnyJob], str | None, "Future[None]"]
 
 
 class Publisher:
@@ -37,10 +37,14 @@ class Publisher:
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self._thread.start()
 
-    def publish(self, jobs: Sequence[AnyJob], timeout: float = 120) -> None:
-        """Block until the broker has every job; raises what publishing raised."""
+    def publish(
+        self, jobs: Sequence[AnyJob], traceparent: str | None = None, timeout: float = 120
+    ) -> None:
+        """Block until the broker has every job; raises what publishing raised.
+
+        ``traceparent`` (the request's) becomes the parent of each job's trace context."""
         done: Future[None] = Future()
-        self._queue.put((jobs, done))
+        self._queue.put((jobs, traceparent, done))
         done.result(timeout)
 
     def _run(self) -> None:
@@ -60,15 +64,18 @@ class Publisher:
                     break
                 round_.append(item)
                 size += len(item[0])
-            jobs = [job for part, _ in round_ for job in part]
+            jobs = [job for part, _, _ in round_ for job in part]
+            traces = {job.job_id: tp for part, tp, _ in round_ if tp for job in part}
             try:
                 self._rounds += 1
-                self.client.submit_many(jobs, chunk=max(500, len(jobs)), together=self._rounds)
+                self.client.submit_many(
+                    jobs, chunk=max(500, len(jobs)), together=self._rounds, traceparent=traces
+                )
             except BaseException as exc:  # every waiting request gets the error
-                for _, done in round_:
+                for _, _, done in round_:
                     done.set_exception(exc)
             else:
-                for _, done in round_:
+                for _, _, done in round_:
                     done.set_result(None)
 
     def close(self) -> None:

@@ -47,7 +47,17 @@ def worker_app(settings: BlazeSettings, runner: BatchRunner) -> Celery:
             raise self.retry(
                 exc=exc, countdown=min(60, 2 ** min(self.request.retries, 6))
             ) from None
-        log.info("batch %s: %s", payload.get("batch_id"), summary)
+        jobs = payload.get("jobs") or []
+        log.info(
+            "batch %s: %s",
+            payload.get("batch_id"),
+            summary,
+            extra={
+                "batch_id": payload.get("batch_id"),
+                "job_ids": [j.get("job_id") for j in jobs if isinstance(j, dict)],
+                "traces": payload.get("traces") or {},
+            },
+        )
         return summary
 
     return app

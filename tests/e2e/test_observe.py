@@ -1,0 +1,207 @@
+"""Watching a run as an operator does: metrics that agree with the status store, heartbeats
+that notice a killed worker, readiness that names Redis while it is down.
+
+One stack (with the gateway), one worker and one consumer started by the CLI; jobs through
+the gateway's REST API, some invalid (unknown model, past deadline), some failing (a model
+whose weights are missing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import User, wait_for_line
+from tests.e2e.test_gateway import free_port
+
+
+def scrape(url: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return [
+        (s.labels, s.value)
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == name
+    ]
+
+
+def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"{what} not within {timeout}s"
+        time.sleep(0.3)
+
+
+def processes(user: User) -> dict[str, dict[str, Any]]:
+    """Processes `blaze health` knows, by role (the last one of each role)."""
+    res = user.run("health", "--json")
+    doc = json.loads(res.stdout)
+    return {r["what"]: r for r in doc["checks"] if r["what"] != "service"}
+
+
+def readyz(url: str) -> tuple[int, dict[str, Any]]:
+    r = httpx.get(f"{url}/readyz", timeout=10)
+    return r.status_code, r.json()
+
+
+def test_metrics_agree_with_outcomes_and_health_follows_failures(
+    user: User, tmp_path: Path
+) -> None:
+    port = free_port()
+    gateway = f"http://127.0.0.1:{port}"
+    (tmp_path / "models.yaml").write_text(
+        "models:\n"
+        "  fast:\n    engine: echo\n    max_batch_size: 16\n"
+        f"  broken:\n    source: {tmp_path / 'no-such-weights'}\n"
+    )
+    user.env.update(
+        BLAZE_GATEWAY__PORT=str(port),
+        BLAZE_REGISTRY_FILE=str(tmp_path / "models.yaml"),
+        BLAZE_OBSERVE__HEARTBEAT_S="1",
+        BLAZE_OBSERVE__STALE_AFTER_S="4",
+        BLAZE_OBSERVE__RUN_DIR=str(tmp_path / "run"),
+    )
+    user.ok("stack", "up", "--with-gateway", timeout=180)
+    worker_log, consumer_log = tmp_path / "w.log", tmp_path / "c.log"
+    worker = user.start("worker", "--model", "fast", "--log-format", "json", log=worker_log)
+    user.start("consume", "--metrics-port", "0", log=consumer_log)
+    wait_for_line(worker_log, " ready.", 120)
+    wait_for_line(consumer_log, "intake joined group", 90)
+    procs = eventually(
+        lambda: (p := processes(user)) and {"worker", "consumer", "gateway"} <= set(p) and p,
+        30,
+        "worker, consumer and gateway in blaze health",
+    )
+    w_url, c_url = procs["worker"]["url"], procs["consumer"]["url"]
+    assert procs["gateway"]["url"] == gateway
+    assert all(p["ok"] for p in procs.values()), procs
+    key = json.loads(
+        user.ok("keys", "create", "--name", "ops", "--scopes", "submit,read,admin", "--json")
+    )["key"]
+    auth = {"Authorization": f"Bearer {key}"}
+
+    # -- a few hundred jobs: most run, some fail at the worker, some are dead-lettered ---------
+    def llm(model: str, n: int, **extra: Any) -> list[dict[str, Any]]:
+        return [{"kind": "llm", "model": model, "prompt": f"p{i}", **extra} for i in range(n)]
+
+    bodies = [
+        llm("fast", 150),
+        llm("fast", 100) + llm("broken", 20),
+        llm("nope", 15) + llm("fast", 10, deadline="2020-01-01T00:00:00Z"),
+    ]
+    ids: list[str] = []
+    for body in bodies:
+        r = httpx.post(f"{gateway}/v1/jobs", json={"jobs": body}, headers=auth, timeout=60)
+        assert r.status_code == 202, r.text
+        ids += [j["job_id"] for j in r.json()["data"]]
+    assert len(ids) == 295
+    # during the run the counters only grow and never pass the number of jobs
+    assert scrape(c_url, "blaze_jobs_received_total") <= 295
+    user.run("wait", *ids, "--timeout", "120")
+    states = Counter(s["state"] for s in json.loads(user.ok("status", *ids, "--json")).values())
+    assert states == {"succeeded": 250, "failed": 20, "dead": 25}, states
+
+    assert scrape(gateway, "blaze_jobs_submitted_total", kind="llm", via="jobs") == 295
+    assert scrape(c_url, "blaze_jobs_received_total", kind="llm") == 295
+    assert scrape(c_url, "blaze_jobs_dead_lettered_total") == states["dead"]
+    assert scrape(c_url, "blaze_jobs_dead_lettered_total", reason="unknown_model") == 15
+    assert scrape(c_url, "blaze_jobs_dead_lettered_total", reason="deadline") == 10
+    assert scrape(w_url, "blaze_jobs_ended_total", state="succeeded") == states["succeeded"]
+    assert scrape(w_url, "blaze_jobs_ended_total", state="failed") == states["failed"]
+    assert scrape(w_url, "blaze_engine_errors_total", model="broken") >= 1
+    batches = scrape(c_url, "blaze_batches_dispatched_total")
+    assert (
+        batches
+        == scrape(c_url, "blaze_batch_size_count")
+        == scrape(w_url, "blaze_worker_batches_total")
+    )
+    assert scrape(c_url, "blaze_batch_size_sum") == 270
+    assert scrape(w_url, "blaze_e2e_seconds_count") == 270
+    assert scrape(w_url, "blaze_engine_loaded", model="fast") == 1
+    assert scrape(gateway, "blaze_gateway_requests_total", route="/v1/jobs", code="202") == 3
+    eventually(
+        lambda: (
+            all(v == 0 for _, v in samples(c_url, "blaze_consumer_lag_messages"))
+            and samples(c_url, "blaze_consumer_lag_messages")
+        ),
+        15,
+        "consumer lag back to 0",
+    )
+    # the worker's JSON log lines carry batch ids, and each result names the job's trace
+    lines = [json.loads(x) for x in worker_log.read_text().splitlines() if x.startswith("{")]
+    assert any(d.get("batch_id") and d.get("job_ids") for d in lines)
+    result = json.loads(
+        httpx.get(f"{gateway}/v1/jobs/{ids[0]}/result", headers=auth, timeout=10).text
+    )
+    trace_id = result["provenance"]["traceparent"].split("-")[1]
+    assert trace_id in consumer_log.read_text() or any(trace_id in json.dumps(d) for d in lines)
+    assert user.run("health").returncode == 0
+
+    # -- a killed worker goes stale within the heartbeat window, and health says so -----------
+    worker.kill()
+    worker.wait()
+    killed_at = time.monotonic()
+    stale = eventually(
+        lambda: [w for w in json.loads(user.ok("workers", "--json")) if w["state"] == "stale"],
+        10,
+        "the killed worker stale",
+    )
+    assert time.monotonic() - killed_at < 4 + 1 + 3  # stale_after + one beat + polling
+    assert stale[0]["pid"] == worker.pid and stale[0]["info"]["device"] == "cpu"
+    res = user.run("health")
+    assert res.returncode == 1 and "worker" in res.stderr and "stale" in res.stdout
+
+    # -- Redis down: every /readyz answers 503 naming it; back up, they recover ----------------
+    worker2_log = tmp_path / "w2.log"
+    user.start("worker", "--model", "fast", log=worker2_log)
+    wait_for_line(worker2_log, " ready.", 120)
+    w2_url = eventually(
+        lambda: next(
+            (w["url"] for w in json.loads(user.ok("workers", "--json")) if w["state"] == "alive"),
+            None,
+        ),
+        15,
+        "the second worker's heartbeat",
+    )
+    stack_state = json.loads((Path(user.env["BLAZE_STACK__STATE_DIR"]) / "stack.json").read_text())
+    os.kill(int(stack_state["redis"]["pid"]), signal.SIGTERM)
+    for url in (c_url, w2_url, gateway):
+        _, body = eventually(
+            lambda url=url: (r := readyz(url))[0] == 503 and r, 20, f"{url}/readyz 503"
+        )
+        assert "redis" in body["failing"], body
+    res = user.run("health")
+    assert res.returncode == 1 and "redis" in res.stderr
+    user.ok("stack", "up", timeout=120)
+    for url in (c_url, w2_url, gateway):
+        eventually(lambda url=url: readyz(url)[0] == 200, 30, f"{url}/readyz back to 200")
+    # the killed worker stays named (stale) until gone_after_s; nothing else is down
+    killed = f"worker:{stale[0]['id']}"
+    eventually(
+        lambda: json.loads(user.run("health", "--json").stdout)["down"] == [killed],
+        30,
+        "health down to the killed worker alone",
+    )

@@ -6,14 +6,17 @@ terminal status. Prints a table, then as the last line one JSON object with at l
 ``jobs_per_s`` and ``batch_fill`` (mean dispatched batch size / max batch size, 0-1).
 
     .venv/bin/python bench/intake.py --jobs 5000 --batch 64 --workers 2
+    .venv/bin/python bench/intake.py --metrics both --rounds 3   # what the metrics cost
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,40 +37,22 @@ def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float
         time.sleep(0.1)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=5000)
-    ap.add_argument("--batch", type=int, default=64, help="max batch size of the echo model")
-    ap.add_argument("--wait", type=float, default=0.2, help="max batch wait, seconds")
-    ap.add_argument("--workers", type=int, default=1, help="worker processes on the cpu queue")
-    args = ap.parse_args()
-    for name in ("jobs", "batch", "workers"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} must be >= 1")
-
-    tmp = Path(tempfile.mkdtemp(prefix="blaze-bench-"))
-    settings = BlazeSettings(
-        namespace="bench",
-        models_dir=tmp / "models",
-        registry_file=tmp / "models.yaml",
-        stack={"state_dir": tmp / "stack", **free_stack_ports()},
-        batch={"max_size": args.batch, "max_wait_s": args.wait, "max_queued_batches": 8},
+def run_once(
+    settings: BlazeSettings, logs: Path, args: argparse.Namespace, namespace: str, metrics: bool
+) -> dict[str, object]:
+    """One measured run on a fresh namespace: start workers and a consumer, submit, wait."""
+    settings = settings.model_copy(
+        update={
+            "namespace": namespace,
+            "observe": settings.observe.model_copy(update={"enabled": metrics}),
+        }
     )
-    settings.registry_file.write_text(
-        f"models:\n  noop:\n    engine: echo\n    max_batch_size: {args.batch}\n"
-        f"    max_wait_s: {args.wait}\n"
-    )
-    env = {**__import__("os").environ, **settings.to_env()}
-    stack = Stack(settings)
+    env = {**os.environ, **settings.to_env()}
+    cli = [sys.executable, "-m", "blaze"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        stack.up()
-        settings = stack.settings  # with the credentials the stack generated
-        cli = [sys.executable, "-m", "blaze"]
-        logs = tmp / "logs"
-        logs.mkdir()
         for i in range(args.workers):
-            log = logs / f"worker{i}.log"
+            log = logs / f"{namespace}-worker{i}.log"
             with log.open("wb") as fh:
                 procs.append(
                     subprocess.Popen(
@@ -78,7 +63,7 @@ def main() -> None:
                     )
                 )
             wait_for(log, " ready.", procs[-1])
-        clog = logs / "consumer.log"
+        clog = logs / f"{namespace}-consumer.log"
         with clog.open("wb") as fh:
             consumer = subprocess.Popen(
                 [*cli, "consume"], env=env, stdout=fh, stderr=subprocess.STDOUT
@@ -107,11 +92,12 @@ def main() -> None:
         # the warm-up job is one batch of one; leave it out of the fill
         batches = max(1, stats.get("batches", 1) - 1)
         mean_batch = (stats.get("dispatched_jobs", 1) - 1) / batches
-        result = {
+        return {
             "jobs": args.jobs,
             "succeeded": ok,
             "workers": args.workers,
             "max_batch": args.batch,
+            "metrics": metrics,
             "jobs_per_s": round(args.jobs / elapsed, 1),
             "submit_jobs_per_s": round(args.jobs / t_submit, 1),
             "batch_fill": round(mean_batch / args.batch, 3),
@@ -120,10 +106,6 @@ def main() -> None:
             "pauses": stats.get("pauses", 0),
             "seconds": round(elapsed, 2),
         }
-        print(f"{'metric':<20}value")
-        for key, value in result.items():
-            print(f"{key:<20}{value}")
-        print(json.dumps(result))
     finally:
         for p in procs:
             if p.poll() is None:
@@ -133,6 +115,76 @@ def main() -> None:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=5000)
+    ap.add_argument("--batch", type=int, default=64, help="max batch size of the echo model")
+    ap.add_argument("--wait", type=float, default=0.2, help="max batch wait, seconds")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes on the cpu queue")
+    ap.add_argument(
+        "--metrics",
+        choices=["on", "off", "both"],
+        default="on",
+        help="metrics, probes and heartbeats on, off, or both interleaved (their cost)",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of on/off with --metrics both")
+    args = ap.parse_args()
+    for name in ("jobs", "batch", "workers", "rounds"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be >= 1")
+
+    tmp = Path(tempfile.mkdtemp(prefix="blaze-bench-"))
+    settings = BlazeSettings(
+        namespace="bench",
+        models_dir=tmp / "models",
+        registry_file=tmp / "models.yaml",
+        stack={"state_dir": tmp / "stack", **free_stack_ports()},
+        batch={"max_size": args.batch, "max_wait_s": args.wait, "max_queued_batches": 8},
+        observe={"run_dir": tmp / "run"},
+    )
+    settings.registry_file.write_text(
+        f"models:\n  noop:\n    engine: echo\n    max_batch_size: {args.batch}\n"
+        f"    max_wait_s: {args.wait}\n"
+    )
+    stack = Stack(settings)
+    try:
+        stack.up()
+        settings = stack.settings  # with the credentials the stack generated
+        logs = tmp / "logs"
+        logs.mkdir()
+        if args.metrics != "both":
+            result = run_once(settings, logs, args, "bench", args.metrics == "on")
+        else:
+            runs: dict[bool, list[dict[str, object]]] = {True: [], False: []}
+            for r in range(args.rounds):
+                # alternate which goes first, so drift in the machine hits both alike
+                for on in (True, False) if r % 2 == 0 else (False, True):
+                    runs[on].append(run_once(settings, logs, args, f"bench{r}{int(on)}", on))
+                    print(
+                        f"round {r + 1} metrics {'on ' if on else 'off'}: "
+                        f"{runs[on][-1]['jobs_per_s']} jobs/s",
+                        flush=True,
+                    )
+            ratios = [
+                float(a["jobs_per_s"]) / float(b["jobs_per_s"])  # type: ignore[arg-type]
+                for a, b in zip(runs[True], runs[False], strict=True)
+            ]
+            result = {
+                **runs[True][-1],
+                "metrics": "both",
+                "jobs_per_s_on": [x["jobs_per_s"] for x in runs[True]],
+                "jobs_per_s_off": [x["jobs_per_s"] for x in runs[False]],
+                "on_over_off": round(statistics.median(ratios), 4),
+                "on_over_off_rounds": [round(x, 4) for x in ratios],
+                "metrics_cost": round(1 - statistics.median(ratios), 4),
+            }
+        print(f"{'metric':<20}value")
+        for key, value in result.items():
+            print(f"{key:<20}{value}")
+        print(json.dumps(result))
+    finally:
         stack.down()
         shutil.rmtree(tmp, ignore_errors=True)
 

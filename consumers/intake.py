@@ -26,7 +26,14 @@ from kafka.errors import KafkaError, NoBrokersAvailable
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from consumers.batching import Batcher
-from consumers.dispatch import CeleryDispatcher, Dispatcher, RedisQueueDepth, Router, Strategy
+from consumers.dispatch import (
+    CeleryDispatcher,
+    Dispatcher,
+    QueueDepth,
+    RedisQueueDepth,
+    Router,
+    Strategy,
+)
 from consumers.metrics import IntakeMetrics, MeteredDepth, reason_label
 from consumers.offsets import OffsetTracker
 from pipelines.errors import ServiceUnavailable
@@ -163,6 +170,7 @@ class Intake:
         self.offsets = OffsetTracker()
         self.stats = IntakeStats()
         self.paused = False
+        self.recent_dead: deque[dict[str, Any]] = deque(maxlen=20)  # for heartbeats, newest last
         self._kinds = {settings.jobs_topic(k): k for k in JOB_KINDS}
         self._last_commit = float("-inf")
 
@@ -277,6 +285,9 @@ class Intake:
         ]
         self.status.update(known)
         for d, tp, off in letters:
+            self.recent_dead.append(
+                {"job_id": d.job_id, "stage": d.stage, "reason": d.reason[:300], "at": now}
+            )
             log.warning(
                 "dead letter %s@%s: %s", d.job_id or "-", off, d.reason, extra={"job_id": d.job_id}
             )
@@ -434,7 +445,8 @@ def run_intake(
         devices: Route only to these devices (default: every device a model lists).
         metrics_port: Serve /metrics, /livez and /readyz here (0: a free port) and beat
             into Redis; None: neither.
-        metrics: Where counts go (default: a fresh registry).
+        metrics: Where counts go (default: a fresh registry; none while
+            ``settings.observe.enabled`` is off, which also turns the probes off).
     """
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -447,8 +459,13 @@ def run_intake(
         signal.signal(signal.SIGINT, _stop)
 
     registry = registry or load_registry(settings)
-    metrics = metrics or IntakeMetrics()
-    depth = MeteredDepth(RedisQueueDepth(settings), metrics)
+    if not settings.observe.enabled:
+        metrics, metrics_port = None, None
+    else:
+        metrics = metrics or IntakeMetrics()
+    depth: QueueDepth = RedisQueueDepth(settings)
+    if metrics is not None:
+        depth = MeteredDepth(depth, metrics)
     router = Router(settings, registry, depth, strategy, only_devices=devices)
     listener = _Listener()
     consumer = make_consumer(settings, listener)
@@ -467,7 +484,7 @@ def run_intake(
     listener.intake = intake
     ready = False
     observer = None
-    if metrics_port is not None:
+    if metrics is not None and metrics_port is not None:
         checks = service_checks(settings, "kafka", "redis")
         checks["group"] = lambda: None if ready else f"not yet in group {settings.consumer_group}"
         observer = ProcessObserver(
@@ -482,6 +499,7 @@ def run_intake(
                 "received": intake.stats.received,
                 "batches": intake.stats.batches,
                 "paused": intake.paused,
+                "recent_dead": list(intake.recent_dead),
             },
             port=metrics_port,
         ).start()
@@ -490,7 +508,8 @@ def run_intake(
             intake.step()
             if not ready and consumer.assignment():
                 ready = True
-                metrics.group_joined.set(1)
+                if metrics is not None:
+                    metrics.group_joined.set(1)
                 log.info("intake joined group %s", settings.consumer_group)
                 if on_ready:
                     on_ready()

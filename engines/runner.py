@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +42,8 @@ from pipelines.stores.status import Claim, GroupsDone, JobState, StatusStore, St
 
 log = logging.getLogger(__name__)
 
+RECENT = 20  # failures a worker keeps for its heartbeat (blaze top, the dashboard)
+
 _JOB: TypeAdapter[AnyJob] = TypeAdapter(Job)
 
 
@@ -68,6 +71,7 @@ class BatchRunner:
         self.metrics = metrics
         self.current: dict[str, Any] | None = None  # the batch in hand, for heartbeats
         self.last: dict[str, Any] | None = None  # the last batch's end and outcome
+        self.failures: deque[dict[str, Any]] = deque(maxlen=RECENT)  # newest last
         self._traces: dict[str, str] = {}
         self.results = results
         self.status = status
@@ -186,12 +190,30 @@ class BatchRunner:
         for j in claimed:
             if claims[j.job_id].attempts > 1:
                 m.redeliveries.labels(j.kind).inc()
+        # one labels() lookup per (kind, model, state), not per job: this runs for every job
+        ended: Counter[tuple[str, str, str]] = Counter()
+        e2e: dict[tuple[str, str], list[float]] = {}
         for d in written:
             job = by_id.get(d.job_id)
             kind = job.kind if job else d.kind
-            m.ended.labels(kind, d.model, d.status).inc()
+            ended[(kind, d.model, d.status)] += 1
             if job is not None and d.status != "cancelled":
-                m.e2e.labels(kind, d.model).observe(max(0.0, now - job.submitted_at.timestamp()))
+                e2e.setdefault((kind, d.model), []).append(now - job.submitted_at.timestamp())
+            if d.status == "failed":
+                self.failures.append(
+                    {
+                        "job_id": d.job_id,
+                        "model": d.model,
+                        "reason": (d.error or "")[:300],
+                        "at": now,
+                    }
+                )
+        for (k, model, state), n in ended.items():
+            m.ended.labels(k, model, state).inc(n)
+        for (k, model), waits in e2e.items():
+            hist = m.e2e.labels(k, model)
+            for wait in waits:
+                hist.observe(max(0.0, wait))
 
     def _read_existing(self, keys: set[str]) -> dict[str, AnyResult]:
         """Result documents another attempt wrote first: they are the job's outcome."""

@@ -96,8 +96,11 @@ def run_worker(
     cache = EngineCache(
         engine_factory(settings, dtype), torch_device, None if budget is None else budget << 20
     )
-    metrics = WorkerMetrics(device)
-    metrics.watch(cache)
+    metrics = WorkerMetrics(device) if settings.observe.enabled else None
+    if metrics is None:
+        metrics_port = None
+    else:
+        metrics.watch(cache)
     queues = ",".join(settings.queue(kind, device) for kind in kinds)
     name = f"{settings.namespace}-{device.replace(':', '')}@%h"
     runner = BatchRunner(
@@ -110,7 +113,7 @@ def run_worker(
         metrics,
     )
     observer = None
-    if metrics_port is not None:
+    if metrics is not None and metrics_port is not None:
         observer = ProcessObserver(
             settings,
             "worker",
@@ -124,6 +127,7 @@ def run_worker(
                 "health": cache.health(),
                 "batch": runner.current,
                 "last_batch": runner.last,
+                "recent_failures": list(runner.failures),
             },
             port=metrics_port,
         ).start()

@@ -23,7 +23,23 @@ find_python() {
   return 1
 }
 
+# The dashboard's browser test drives Debian's Chromium (Playwright's own browser downloads
+# cannot be fetched here): install it once, as root or through sudo.
+browser() {
+  [ -x /usr/bin/chromium ] && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "infra/dev.sh: error: the dashboard test needs Chromium at /usr/bin/chromium (apt-get not found)" >&2
+    return 1
+  fi
+  echo "==> installing Debian's chromium for the dashboard test (once)" >&2
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+}
+
 setup() {
+  browser
   local want have=""
   want="$(cat pyproject.toml infra/constraints.txt | sha256sum | cut -c1-16)"
   [ -f "$VENV/.blaze-installed" ] && have="$(cat "$VENV/.blaze-installed")"

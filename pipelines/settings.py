@@ -202,6 +202,9 @@ class GatewaySettings(_Group):
 class ObserveSettings(_Group):
     """Metrics, health endpoints, heartbeats and logs of the long-running processes."""
 
+    enabled: bool = Field(
+        default=True, description="metrics, probes and heartbeats (off only to measure their cost)"
+    )
     metrics_host: str = Field(
         default="127.0.0.1", description="where /metrics, /livez and /readyz listen"
     )

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from blaze.gateway import admin, errors, jobs, openai
+from blaze.gateway import admin, dashboard, errors, jobs, openai
 from blaze.gateway.core import Gateway
 from blaze.gateway.frontdoor import FrontDoor
 from blaze.gateway.metrics import Metered
@@ -58,6 +58,7 @@ def create_app(settings: BlazeSettings, gateway: Gateway | None = None) -> FastA
     app.include_router(jobs.router(gw))
     app.include_router(openai.router(gw))
     app.include_router(admin.router(gw))
+    app.include_router(dashboard.router(gw))
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

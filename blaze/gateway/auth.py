@@ -28,7 +28,7 @@ from cachetools import TTLCache
 from pipelines.errors import ConfigError
 from pipelines.settings import BlazeSettings, GatewaySettings
 
-SCOPES = ("submit", "read", "admin")
+SCOPES = ("submit", "read", "admin", "dashboard")  # dashboard: read-only operator view
 KEY_PREFIX = "bz_"
 _KEY_RE = re.compile(r"^bz_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -61,8 +61,11 @@ class Gateway:
         self.audit = AuditLog(settings)
         self.registry = load_registry(settings)
         self.metrics = GatewayMetrics()
+        self.on_close: list[Callable[[], None]] = []
 
     def close(self) -> None:
+        for hook in self.on_close:
+            hook()
         self.publisher.close()
         self.audit.close()
         self.client.close()
@@ -79,6 +82,10 @@ class Gateway:
                 "missing API key: send it as 'Authorization: Bearer <key>'",
                 headers={"www-authenticate": "Bearer"},
             )
+        return self.verify(token)
+
+    def verify(self, token: str) -> Principal:
+        """The caller a bearer token (API key or JWT) stands for; ``ApiError`` 401 if none."""
         if looks_like_jwt(token) and self.tokens.enabled:
             try:
                 return self.tokens.verify(token)

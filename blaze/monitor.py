@@ -257,9 +257,11 @@ class Monitor:
             "open_batches": total(c, "blaze_open_batches"),
             "paused_partitions": total(c, "blaze_paused_partitions"),
             "batch_fill": _round(fill),
-            "batch_size_mean": _round(counters["batch_jobs"] / counters["batches"])
-            if counters["batches"]
-            else None,
+            "batch_size_mean": _round(
+                delta("batch_jobs") / delta("batches")
+                if delta("batches")
+                else (counters["batch_jobs"] / counters["batches"] if counters["batches"] else None)
+            ),
             "latency": latency,
             "processes": [{k: v for k, v in p.items() if k != "info"} for p in procs],
             "workers": workers,

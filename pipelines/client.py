@@ -16,6 +16,7 @@ from pipelines.errors import ConfigError, JobTimeout
 from pipelines.jobs import SENT_WITH_HEADER, AnyJob, job_group
 from pipelines.kafka import ensure_topics, make_producer, unavailable
 from pipelines.observe import trace
+from pipelines.observe.spans import Spans
 from pipelines.results import RESULT_TYPES, AnyResult, DiffusionResult, parse_result
 from pipelines.settings import BlazeSettings
 from pipelines.stores import connect
@@ -68,6 +69,14 @@ class Client:
         self.on_groups_done = on_groups_done
         self._producer: KafkaProducer | None = None
         self._topics_ready: set[str] = set()
+        self._spans: Spans | None = None
+
+    @property
+    def spans(self) -> Spans:
+        """OpenTelemetry spans of this producer (a no-op unless configured)."""
+        if self._spans is None:
+            self._spans = Spans(self.settings, "blaze-producer")
+        return self._spans
 
     # -- lazily built connections --------------------------------------------------------
     @property
@@ -119,45 +128,64 @@ class Client:
         no later state (or status event) can precede it and a job's group is known whatever
         stage settles it; if the send fails, those marks are removed again.
 
-        Each job carries a W3C ``traceparent`` header: a hop of ``traceparent`` when given
-        (a caller's own trace, e.g. the HTTP request's; or one per job id), else a fresh trace
-        of its own.
+        Each job carries a W3C ``traceparent`` header, a hop of the caller's trace when given
+        (e.g. the HTTP request's; or one per job id), else of a new trace for this call; with
+        OpenTelemetry configured, of this call's ``blaze.submit`` span.
         """
-        producer = self._get_producer()
+        self._get_producer()  # a broker that cannot be reached fails here, before any mark
         if restart:  # replayed jobs start a fresh life: their old terminal state must go
             self.status_store.reset([j.job_id for j in jobs])
             self.result_store.delete_many([self.settings.result_key(j.job_id) for j in jobs])
         handles: list[JobHandle] = []
+        if traceparent is None:  # one trace per call: its jobs share it, each with its own span
+            traceparent = trace.new_traceparent()
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
             self.status_store.update([_queued(j, time.time()) for j in part])
             # how many jobs travel together: the consumer lets a quiet batch leave early only
             # once it holds them all (or is full), so a burst never leaves its first piece alone
             sent_with = [(SENT_WITH_HEADER, str(len(part)).encode())]
-            try:
-                places = {k: self._placement(k, together) for k in {j.kind for j in part}}
-                futures = [
-                    producer.send(
-                        self._topic(job.kind),
-                        key=job.job_id.encode(),
-                        value=job.model_dump_json(exclude_defaults=False).encode(),
-                        headers=[*sent_with, (trace.HEADER, hop(traceparent, job.job_id).encode())],
-                        **places[job.kind],
-                    )
-                    for job in part
-                ]
-                producer.flush(timeout=60)
-                for fut in futures:
-                    fut.get(timeout=60)
-            except KafkaError as exc:
-                self.status_store.reset([j.job_id for j in part])
-                raise unavailable(self.settings, exc) from None
+            single = traceparent if isinstance(traceparent, str) else None
+            links = (
+                [] if isinstance(traceparent, str) else list(dict.fromkeys(traceparent.values()))
+            )
+            with self.spans.span("blaze.submit", single, links, jobs=len(part)) as own:
+                parents = own or traceparent
+                self._send(part, parents, together, sent_with)
             handles.extend(
                 JobHandle(j.job_id, self.settings.result_key(j.job_id), self) for j in part
             )
             if progress:
                 progress(len(handles), len(jobs))
         return handles
+
+    def _send(
+        self,
+        part: Sequence[AnyJob],
+        parents: str | Mapping[str, str],
+        together: int | None,
+        sent_with: list[tuple[str, bytes]],
+    ) -> None:
+        """Send one chunk and wait for the broker's acknowledgement of every message."""
+        producer = self._get_producer()
+        try:
+            places = {k: self._placement(k, together) for k in {j.kind for j in part}}
+            futures = [
+                producer.send(
+                    self._topic(job.kind),
+                    key=job.job_id.encode(),
+                    value=job.model_dump_json(exclude_defaults=False).encode(),
+                    headers=[*sent_with, (trace.HEADER, hop(parents, job.job_id).encode())],
+                    **places[job.kind],
+                )
+                for job in part
+            ]
+            producer.flush(timeout=60)
+            for fut in futures:
+                fut.get(timeout=60)
+        except KafkaError as exc:
+            self.status_store.reset([j.job_id for j in part])
+            raise unavailable(self.settings, exc) from None
 
     def _placement(self, kind: str, together: int | None) -> dict[str, int]:
         """``send`` arguments that place a job: by key (none), or the call's one partition."""
@@ -291,6 +319,9 @@ class Client:
         for store in (self._results, self._status):
             if store is not None:
                 store.close()
+        if self._spans is not None:
+            self._spans.close()
+            self._spans = None
 
     def __enter__(self) -> Self:
         return self

@@ -26,6 +26,7 @@ from blaze.cli import (
     results,
     stack,
     submit,
+    top,
 )
 from blaze.cli.render import ExitCode, err
 from pipelines.errors import BlazeError, ConfigError
@@ -40,6 +41,7 @@ for group in (
     stack,
     processes,
     observe,
+    top,
     gateway,
     submit,
     jobs,

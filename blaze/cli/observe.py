@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -142,6 +144,44 @@ def health(as_json: bool = JsonFlag) -> None:
         raise ExitCode(1, "down: " + ", ".join(down))
 
 
+def targets(
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="write here (atomically) instead of printing")
+    ] = None,
+) -> None:
+    """Prometheus file_sd targets of every live process, from the heartbeats."""
+    from pipelines.observe.heartbeats import HeartbeatStore
+
+    settings = cli_settings()
+    store = HeartbeatStore(settings)
+    try:
+        seen = [s for s in store.seen() if s.state != "gone" and s.beat.url]
+    finally:
+        store.close()
+    groups = [
+        {
+            "targets": [s.beat.url.split("://", 1)[-1]],
+            "labels": {
+                "role": s.beat.role,
+                "namespace": settings.namespace,
+                "process": s.beat.id,
+                **({"__scheme__": "https"} if s.beat.url.startswith("https") else {}),
+            },
+        }
+        for s in seen
+    ]
+    text = json.dumps(groups, indent=1) + "\n"
+    if out_file is None:
+        sys.stdout.write(text)
+        return
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_suffix(out_file.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out_file)
+    out.print(f"{len(groups)} targets written to {out_file}")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(workers)
     app.command()(health)
+    app.command()(targets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
 from typing import Any
@@ -12,7 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipelines.errors import ConfigError, JobTimeout
 from pipelines.settings import BlazeSettings, load_settings
 
-out = Console(width=None if sys.stdout.isatty() else 160)
+# Piped output is not wrapped at 80 columns; COLUMNS still sets the width when given.
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 err = Console(stderr=True, soft_wrap=True)
 
 

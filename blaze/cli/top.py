@@ -27,6 +27,11 @@ def _secs(x: float | None) -> str:
     return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
 
 
+def _mb(n: float) -> str:
+    mb = n / 2**20
+    return f"{mb:.1f} MB" if mb < 10 else f"{mb:,.0f} MB"
+
+
 def _ago(ts: float | None, now: float) -> str:
     return "" if not ts else f"{max(0.0, now - ts):.0f}s ago"
 
@@ -67,9 +72,10 @@ def render(snap: dict[str, Any]) -> RenderableType:
     workers = Table(
         "worker", "state", "device", "models", "now", "last batch", box=None, header_style="bold"
     )
-    for w in snap["workers"]:
+    shown = [w for w in snap["workers"] if w["state"] != "gone"]
+    for w in shown:
         state = {"alive": "[green]alive[/]", "stale": "[red]stale[/]"}.get(w["state"], w["state"])
-        models = ", ".join(f"{m} {b / 2**20:.0f} MB" for m, b in w["models"].items())
+        models = ", ".join(f"{m} {_mb(b)}" for m, b in w["models"].items())
         batch = w["batch"]
         doing = f"batch of {batch['jobs']} ({_ago(batch['started_at'], now)})" if batch else "idle"
         last = w["last_batch"] or {}
@@ -96,7 +102,7 @@ def render(snap: dict[str, Any]) -> RenderableType:
             subtitle=f"rates over {snap['window_s']:.0f}s",
         ),
         Panel(Group(lat, "", queues), title="latency and queues"),
-        Panel(workers if snap["workers"] else "no workers", title="workers"),
+        Panel(workers if shown else "no workers", title="workers"),
     ]
     if snap["batches"]:
         batches = Table("batch", "status", "done", "failed", "total", box=None, header_style="bold")

@@ -105,6 +105,25 @@ class AirflowClient:
             tasks,
         )
 
+    def outputs(self, dag_id: str, run_id: str, task_ids: list[str]) -> dict[str, Any]:
+        """Each finished step's output (its XCom ``return_value``); steps with none are left out."""
+        base = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        found: dict[str, Any] = {}
+        for task in task_ids:
+            try:
+                doc = self._call("GET", f"{base}/taskInstances/{task}/xcomEntries/return_value")
+            except AirflowError as exc:
+                if "HTTP 404" in str(exc):
+                    continue
+                raise
+            value = doc.get("value") if isinstance(doc, dict) else None
+            if isinstance(value, str):  # the raw serialized form, as stored
+                with contextlib.suppress(ValueError):
+                    value = json.loads(value)
+            if value is not None:
+                found[task] = value
+        return found
+
     def find_run(self, run_id: str, dag_ids: list[str]) -> PipelineRun:
         for dag_id in dag_ids:
             try:

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from pipelines.settings import BlazeSettings
@@ -34,14 +35,16 @@ def test_a_template_runs_through_the_rest_api_and_bad_templates_are_import_error
     wait_for_line(tmp_path / "c.log", "intake joined group", 90)
 
     s3 = stack_s3(user)
-    rows = b'{"text": "hello", "custom_id": "a"}\n{"text": "world", "custom_id": "b"}\n'
-    s3.put_object("blaze-results", "e2e/inputs/q.jsonl", __import__("io").BytesIO(rows), len(rows))
-    run_id = user.ok(
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(
+        '{"text": "hello", "custom_id": "a"}\n{"text": "world", "custom_id": "b"}\n'
+    )
+    ran = user.ok(
         "pipeline",
         "run",
         "bulk_llm",
-        "--param",
-        "input_key=e2e/inputs/q.jsonl",
+        "--input",
+        str(questions),
         "--param",
         "model=tiny",
         "--param",
@@ -49,17 +52,34 @@ def test_a_template_runs_through_the_rest_api_and_bad_templates_are_import_error
         "--wait",
         "--timeout",
         "240",
+        "--json",
         timeout=300,
-    ).splitlines()[0]
-    assert "success" in user.ok("pipeline", "status", run_id)
+    )
+    run_id, _, doc = ran.partition("\n")
+    run = json.loads(doc)
+    assert run["state"] == "success" and run["run_id"] == run_id
+    steps = {s["step"]: s for s in run["steps"]}
+    # the input went up under the namespace; each step says what it read and wrote
+    assert steps["read"]["rows"] == 2 and steps["read"]["key"].startswith("e2e/inputs/")
+    assert steps["read"]["key"].endswith("/q.jsonl")
+    assert steps["generate"]["jobs"] == {"succeeded": 2}
+    key = steps["output"]["key"]
+    assert key.startswith("e2e/pipelines/bulk_llm/") and key.endswith("/output.jsonl")
+    lines = httpx.get(steps["output"]["url"], timeout=10).text.splitlines()
+    assert [json.loads(x)["custom_id"] for x in lines] == ["a", "b"]
+    status = user.ok("pipeline", "status", run_id)
+    assert "success" in status and key in status and "2 jobs: 2 succeeded" in status
     keys = [
         o.object_name
         for o in s3.list_objects("blaze-results", prefix="e2e/pipelines/bulk_llm/", recursive=True)
     ]
-    assert len(keys) == 1 and str(keys[0]).endswith("/output.jsonl")
-    lines = s3.get_object("blaze-results", str(keys[0])).read().splitlines()
-    assert [json.loads(x)["custom_id"] for x in lines] == ["a", "b"]
-
+    assert keys == [key]
+    bad_input = tmp_path / "bad.jsonl"
+    bad_input.write_text('{"text": "fine"}\nnot json\n')
+    res = user.run("pipeline", "run", "bulk_llm", "--input", str(bad_input))
+    assert res.returncode == 2 and "bad.jsonl:2: not valid JSON" in res.stderr
+    res = user.run("pipeline", "run", "bulk_llm", "--input", "prompt=x.jsonl")
+    assert res.returncode == 2 and "no string parameter 'prompt'" in res.stderr
     # the broken template is an import error that names it; the others still run
     api = AirflowClient(BlazeSettings(stack={"airflow_port": ports["airflow_port"]}))
     deadline = time.monotonic() + 90

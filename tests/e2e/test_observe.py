@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import User, wait_for_line
 from tests.e2e.test_gateway import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def scrape(url: str, name: str, **labels: str) -> float:
@@ -65,6 +69,61 @@ def processes(user: User) -> dict[str, dict[str, Any]]:
 def readyz(url: str) -> tuple[int, dict[str, Any]]:
     r = httpx.get(f"{url}/readyz", timeout=10)
     return r.status_code, r.json()
+
+
+def prometheus(user: User, tmp_path: Path, ended: float) -> None:
+    """Run Debian's Prometheus on infra/prometheus/prometheus.yml (scraping every second)."""
+    conf = yaml.safe_load((ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())
+    conf["global"]["scrape_interval"] = "1s"
+    conf["scrape_configs"][0]["scrape_timeout"] = "1s"
+    home = tmp_path / "prometheus"
+    (home / "targets").mkdir(parents=True)
+    (home / "prometheus.yml").write_text(yaml.safe_dump(conf))
+    user.ok("targets", "--out", str(home / "targets" / "blaze.json"))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api/v1"
+    log = (home / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            "/usr/bin/prometheus",
+            f"--config.file={home / 'prometheus.yml'}",
+            f"--storage.tsdb.path={home / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def query(expr: str) -> dict[str, Any]:
+            r = httpx.get(f"{api}/query", params={"query": expr}, timeout=10)
+            doc: dict[str, Any] = r.json()
+            assert doc["status"] == "success", (expr, doc)
+            return doc
+
+        def up() -> bool:
+            assert proc.poll() is None, (home / "prometheus.log").read_text()[-2000:]
+            try:
+                targets = httpx.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                return False
+            return len(targets) == 3 and all(t["health"] == "up" for t in targets)
+
+        eventually(up, 60, "Prometheus scraping the worker, the consumer and the gateway")
+        result = eventually(
+            lambda: query('sum(blaze_jobs_ended_total{namespace="e2e"})')["data"]["result"],
+            30,
+            "ended jobs in Prometheus",
+        )
+        assert float(result[0]["value"][1]) == ended
+        dash = json.loads((ROOT / "infra" / "grafana" / "blaze-dashboard.json").read_text())
+        for panel in dash["panels"]:
+            for target in panel["targets"]:
+                query(target["expr"].replace("$namespace", "e2e"))  # parses and evaluates
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
 
 
 def test_metrics_agree_with_outcomes_and_health_follows_failures(
@@ -159,6 +218,18 @@ def test_metrics_agree_with_outcomes_and_health_follows_failures(
     trace_id = result["provenance"]["traceparent"].split("-")[1]
     assert trace_id in consumer_log.read_text() or any(trace_id in json.dumps(d) for d in lines)
     assert user.run("health").returncode == 0
+    top = user.ok("top", "--once", "--interval", "1")
+    assert (
+        "blaze top · e2e" in top
+        and "succeeded 250" in top
+        and procs["worker"]["name"].split(":", 1)[1] in top
+    )
+    groups = json.loads(user.ok("targets"))
+    assert {g["labels"]["role"] for g in groups} == {"worker", "consumer", "gateway"}
+    assert {g["targets"][0] for g in groups} == {u.split("://")[1] for u in (w_url, c_url, gateway)}
+
+    # -- Prometheus with infra's scrape config finds all three, and every Grafana query runs ---
+    prometheus(user, tmp_path, states["succeeded"] + states["failed"])
 
     # -- a killed worker goes stale within the heartbeat window, and health says so -----------
     worker.kill()

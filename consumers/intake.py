@@ -8,33 +8,23 @@ redelivered job harmless by skipping job ids that already have a result.
 
 from __future__ import annotations
 
-import json
 import logging
-import signal
-import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Any, Protocol
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer
-from kafka.errors import KafkaError, NoBrokersAvailable
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from consumers.batching import Batcher
 from consumers.dispatch import (
-    CeleryDispatcher,
     Dispatcher,
-    QueueDepth,
-    RedisQueueDepth,
     Router,
-    Strategy,
 )
-from consumers.metrics import IntakeMetrics, MeteredDepth, reason_label
+from consumers.metrics import IntakeMetrics, reason_label
 from consumers.offsets import OffsetTracker
 from pipelines.errors import ServiceUnavailable
 from pipelines.jobs import (
@@ -46,13 +36,9 @@ from pipelines.jobs import (
     is_job_id,
     parse_job,
 )
-from pipelines.kafka import ensure_topics, unavailable
 from pipelines.observe import trace
-from pipelines.observe.checks import service_checks
-from pipelines.observe.process import ProcessObserver, process_id
-from pipelines.registry import Registry, load_registry
+from pipelines.registry import Registry
 from pipelines.settings import BlazeSettings
-from pipelines.stores import connect
 from pipelines.stores.deadletters import DeadLetter, DeadLetterStore, Source
 from pipelines.stores.status import JobState, StatusStore, StatusUpdate
 from pipelines.tasks import batch_payload
@@ -387,144 +373,3 @@ class Intake:
     def on_revoked(self, tps: Iterable[Any]) -> None:
         self.flush_all()
         self.offsets.forget(tps)
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self) -> None:
-        self.intake: Intake | None = None
-
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        if self.intake is not None:
-            self.intake.on_revoked(revoked)
-
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
-
-
-def make_consumer(settings: BlazeSettings, listener: ConsumerRebalanceListener) -> KafkaConsumer:
-    """A consumer in the intake group, subscribed to the job topics, committing by hand."""
-    topics = [settings.jobs_topic(k) for k in JOB_KINDS]
-    ensure_topics(settings, [*topics, settings.dead_letter_topic])
-    session = settings.kafka.consumer_session_timeout_ms
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=settings.consumer_group,
-            client_id=f"{settings.namespace}-intake",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=500,
-            session_timeout_ms=session,
-            heartbeat_interval_ms=max(1000, session // 4),
-            max_poll_interval_ms=300_000,
-            # The broker holds a fetch up to this long waiting for data; the default (500 ms)
-            # was most of the latency a lone job saw at low load.
-            fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
-            **settings.kafka.client_config(),
-        )
-    except (NoBrokersAvailable, KafkaError, OSError) as exc:
-        raise unavailable(settings, exc) from None
-    consumer.subscribe(topics=topics, listener=listener)
-    return consumer
-
-
-def run_intake(
-    settings: BlazeSettings,
-    devices: Sequence[str] | None = None,
-    stop: threading.Event | None = None,
-    dispatcher: Dispatcher | None = None,
-    on_ready: Callable[[], None] | None = None,
-    strategy: Strategy = "least_outstanding",
-    registry: Registry | None = None,
-    metrics_port: int | None = None,
-    metrics: IntakeMetrics | None = None,
-) -> IntakeStats:
-    """Run the consumer until ``stop`` is set or SIGTERM/SIGINT arrives (main thread only).
-
-    Args:
-        devices: Route only to these devices (default: every device a model lists).
-        metrics_port: Serve /metrics, /livez and /readyz here (0: a free port) and beat
-            into Redis; None: neither.
-        metrics: Where counts go (default: a fresh registry; none while
-            ``settings.observe.enabled`` is off, which also turns the probes off).
-    """
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-
-        def _stop(signum: int, frame: FrameType | None) -> None:
-            log.info("signal %d: stopping intake", signum)
-            stop.set()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-
-    registry = registry or load_registry(settings)
-    if not settings.observe.enabled:
-        metrics, metrics_port = None, None
-    else:
-        metrics = metrics or IntakeMetrics()
-    depth: QueueDepth = RedisQueueDepth(settings)
-    if metrics is not None:
-        depth = MeteredDepth(depth, metrics)
-    router = Router(settings, registry, depth, strategy, only_devices=devices)
-    listener = _Listener()
-    consumer = make_consumer(settings, listener)
-    dead = connect.dead_letters(settings)
-    status = connect.status_store(settings)
-    intake = Intake(
-        settings,
-        consumer,
-        dispatcher or CeleryDispatcher(settings),
-        dead,
-        status,
-        router,
-        registry,
-        metrics=metrics,
-    )
-    listener.intake = intake
-    ready = False
-    observer = None
-    if metrics is not None and metrics_port is not None:
-        checks = service_checks(settings, "kafka", "redis")
-        checks["group"] = lambda: None if ready else f"not yet in group {settings.consumer_group}"
-        observer = ProcessObserver(
-            settings,
-            "consumer",
-            process_id("consumer"),
-            metrics.registry,
-            checks,
-            info=lambda: {
-                "group": settings.consumer_group,
-                "partitions": len(intake.offsets.partitions()),
-                "received": intake.stats.received,
-                "batches": intake.stats.batches,
-                "paused": intake.paused,
-                "recent_dead": list(intake.recent_dead),
-            },
-            port=metrics_port,
-        ).start()
-    try:
-        while not stop.is_set():
-            intake.step()
-            if not ready and consumer.assignment():
-                ready = True
-                if metrics is not None:
-                    metrics.group_joined.set(1)
-                log.info("intake joined group %s", settings.consumer_group)
-                if on_ready:
-                    on_ready()
-    finally:
-        if consumer.assignment():
-            intake.flush_all()
-            consumer.close(autocommit=False)
-        else:
-            # Tansu wedges a group when a member closes mid-join; leaving without a
-            # LeaveGroup lets the session timeout clean it up instead.
-            log.info("intake stopped before joining; leaving without closing the consumer")
-        dead.close()
-        status.close()
-        if observer is not None:
-            observer.stop()
-    summary = {**asdict(intake.stats), "mean_batch_size": round(intake.stats.mean_batch_size, 2)}
-    log.info("intake stopped: %s", json.dumps(summary))
-    return intake.stats

@@ -104,7 +104,7 @@ def consume(
             raise ConfigError(f"--device must be 'cpu' or 'cuda:N', got {d!r}")
     settings = cli_settings()
     setup_logging(loglevel, log_format)
-    from consumers.intake import run_intake
+    from consumers.service import run_intake
     from pipelines.registry import load_registry
 
     registry = load_registry(settings)

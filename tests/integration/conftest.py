@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.intake import IntakeStats, run_intake
+from consumers.intake import IntakeStats
+from consumers.service import run_intake
 from pipelines.settings import BlazeSettings
 from tests.conftest import settings_env
 

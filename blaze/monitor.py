@@ -8,6 +8,7 @@ between snapshots), like ``rate()`` and ``histogram_quantile()`` over a range in
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -22,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipelines.observe import local
 from pipelines.observe.heartbeats import HeartbeatStore
 from pipelines.settings import BlazeSettings
+
+log = logging.getLogger(__name__)
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 HISTOGRAMS = {
@@ -98,6 +101,7 @@ class Monitor:
     Args:
         settings: Which namespace, Redis and run directory to read.
         batches: Returns OpenAI batch objects to show progress of (None: not shown).
+        pipelines: Returns recent pipeline runs (see ``pipeline_runs``; None: not shown).
         window_s: The window of rates and percentiles.
     """
 
@@ -106,6 +110,7 @@ class Monitor:
         settings: BlazeSettings,
         batches: Callable[[], list[dict[str, Any]]] | None = None,
         window_s: float = 10.0,
+        pipelines: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = HeartbeatStore(settings)
@@ -114,7 +119,8 @@ class Monitor:
         self._history: deque[tuple[float, dict[str, Any]]] = deque()
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="scrape")
         self._lock = threading.Lock()
-        self._batches: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        self.pipelines = pipelines
+        self._cached: dict[str, tuple[float, list[dict[str, Any]]]] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -267,7 +273,8 @@ class Monitor:
             "workers": workers,
             "failures": failures,
             "dead_letters": dead,
-            "batches": self._openai_batches(now),
+            "batches": self._every("batches", self.batches, now, 5.0),
+            "pipelines": self._every("pipelines", self.pipelines, now, 10.0),
         }
 
     @staticmethod
@@ -287,17 +294,55 @@ class Monitor:
             "url": p.get("url"),
         }
 
-    def _openai_batches(self, now: float) -> list[dict[str, Any]]:
-        if self.batches is None:
+    def _every(
+        self,
+        name: str,
+        source: Callable[[], list[dict[str, Any]]] | None,
+        now: float,
+        every_s: float,
+    ) -> list[dict[str, Any]]:
+        """``source()`` at most every ``every_s``; its last answer if it fails (progress is a
+        nicety: a store or Airflow that does not answer must not stop the view)."""
+        if source is None:
             return []
-        at, cached = self._batches
-        if now - at >= 5.0:
+        at, cached = self._cached.get(name, (0.0, []))
+        if now - at >= every_s:
             try:
-                cached = self.batches()
-            except Exception:  # progress is a nicety: a failing store must not stop the view
-                cached = self._batches[1]
-            self._batches = (now, cached)
+                cached = source()
+            except Exception as exc:
+                log.debug("monitor: %s unavailable: %s", name, exc)
+            self._cached[name] = (now, cached)
         return cached
+
+
+def pipeline_runs(settings: BlazeSettings, limit: int = 5) -> Callable[[], list[dict[str, Any]]]:
+    """Recent pipeline runs from Airflow's REST API, with how many steps have ended."""
+    from pipelines.templates.airflow_api import AirflowClient
+
+    client = AirflowClient(settings, timeout=3)
+
+    def runs() -> list[dict[str, Any]]:
+        out = []
+        for r in client.recent_runs(limit):
+            ended = sum(
+                s in ("success", "failed", "skipped", "upstream_failed") for s in r.tasks.values()
+            )
+            out.append(
+                {
+                    "pipeline": r.dag_id,
+                    "run_id": r.run_id,
+                    "state": r.state,
+                    "start_date": r.start_date,
+                    "steps": len(r.tasks),
+                    "steps_ended": ended,
+                    "failed_steps": [
+                        t for t, s in r.tasks.items() if s in ("failed", "upstream_failed")
+                    ],
+                }
+            )
+        return out
+
+    return runs
 
 
 def _round(x: float | None) -> float | None:

@@ -112,6 +112,14 @@ def render(snap: dict[str, Any]) -> RenderableType:
                 b["id"], b["status"], str(c["completed"]), str(c["failed"]), str(c["total"])
             )
         parts.append(Panel(batches, title="OpenAI batches"))
+    if snap.get("pipelines"):
+        runs = Table("pipeline", "run", "state", "steps ended", box=None, header_style="bold")
+        for r in snap["pipelines"][:5]:
+            state = {"success": "[green]success[/]", "failed": "[red]failed[/]"}.get(
+                r["state"], r["state"]
+            )
+            runs.add_row(r["pipeline"], r["run_id"], state, f"{r['steps_ended']}/{r['steps']}")
+        parts.append(Panel(runs, title="pipeline runs"))
     parts.append(Panel(problems if rows else "none", title="recent failures and dead letters"))
     if snap["problem"]:
         parts.insert(0, f"[red]{snap['problem']}[/]")
@@ -141,10 +149,10 @@ def top(
     ),
 ) -> None:
     """A live view: throughput, lag, queues, batch fill, latency, workers, failures."""
-    from blaze.monitor import Monitor
+    from blaze.monitor import Monitor, pipeline_runs
 
     settings = cli_settings()
-    monitor = Monitor(settings, batches=openai_batches(settings))
+    monitor = Monitor(settings, batches=openai_batches(settings), pipelines=pipeline_runs(settings))
     try:
         monitor.snapshot()
         if once:

@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from blaze.gateway.auth import Principal
 from blaze.gateway.core import Gateway
 from blaze.gateway.errors import ApiError
-from blaze.monitor import Monitor
+from blaze.monitor import Monitor, pipeline_runs
 
 COOKIE = "blaze_dashboard"
 STATIC = Path(__file__).parent / "static"
@@ -64,7 +64,11 @@ class SharedMonitor:
             if self._last and time.monotonic() - self._last[0] < self.max_age_s:
                 return self._last[1]
             if self._monitor is None:
-                self._monitor = Monitor(self.gw.settings, batches=self._batches)
+                self._monitor = Monitor(
+                    self.gw.settings,
+                    batches=self._batches,
+                    pipelines=pipeline_runs(self.gw.settings),
+                )
             snap = self._monitor.snapshot()
             self._last = (time.monotonic(), snap)
             return snap

@@ -124,6 +124,28 @@ class AirflowClient:
                 found[task] = value
         return found
 
+    def recent_runs(self, limit: int = 10) -> list[PipelineRun]:
+        """The newest runs of every DAG, with their steps' states."""
+        doc = self._call("GET", f"/api/v2/dags/~/dagRuns?limit={limit}&order_by=-id")
+        runs = []
+        for d in doc.get("dag_runs", []):
+            run_id = str(d.get("dag_run_id") or d.get("run_id"))
+            path = f"/api/v2/dags/{d['dag_id']}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+            tis = self._call("GET", path + "/taskInstances")
+            tasks = {t["task_id"]: str(t.get("state")) for t in tis.get("task_instances", [])}
+            runs.append(
+                PipelineRun(
+                    str(d["dag_id"]),
+                    run_id,
+                    str(d.get("state")),
+                    d.get("conf") or {},
+                    d.get("start_date"),
+                    d.get("end_date"),
+                    tasks,
+                )
+            )
+        return runs
+
     def find_run(self, run_id: str, dag_ids: list[str]) -> PipelineRun:
         for dag_id in dag_ids:
             try:

@@ -69,6 +69,8 @@ def test_a_template_runs_through_the_rest_api_and_bad_templates_are_import_error
     assert [json.loads(x)["custom_id"] for x in lines] == ["a", "b"]
     status = user.ok("pipeline", "status", run_id)
     assert "success" in status and key in status and "2 jobs: 2 succeeded" in status
+    top = user.ok("top", "--once", "--interval", "1")  # recent runs, from Airflow's API
+    assert "pipeline runs" in top and "bulk_llm" in top and "3/3" in top
     keys = [
         o.object_name
         for o in s3.list_objects("blaze-results", prefix="e2e/pipelines/bulk_llm/", recursive=True)

@@ -67,6 +67,16 @@ def snapshot() -> dict[str, Any]:
             {"at": 996.0, "job_id": None, "stage": "intake", "reason": "invalid JSON"}
         ],
         "batches": [],
+        "pipelines": [
+            {
+                "pipeline": "bulk_llm",
+                "run_id": "manual__1",
+                "state": "running",
+                "steps": 3,
+                "steps_ended": 1,
+                "failed_steps": [],
+            }
+        ],
     }
 
 
@@ -86,5 +96,8 @@ def test_top_frame_shows_rates_workers_and_failures() -> None:
         "engine error: boom",
         "invalid JSON",
         "ns.llm.cpu",
+        "pipeline runs",
+        "manual__1",
+        "1/3",
     ):
         assert expected in text, expected

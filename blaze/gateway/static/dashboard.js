@@ -104,6 +104,21 @@ function fill(tableId, rows, empty) {
   for (const r of rows) body.appendChild(r);
 }
 
+function progress(done, total) {
+  const wrap = document.createElement("div");
+  const bar = document.createElement("div");
+  bar.className = "bar";
+  const inner = document.createElement("span");
+  inner.style.width = `${total ? (100 * done) / total : 0}%`;
+  bar.appendChild(inner);
+  wrap.appendChild(bar);
+  const label = document.createElement("span");
+  label.className = "muted small";
+  label.textContent = `${done} / ${total}`;
+  wrap.appendChild(label);
+  return wrap;
+}
+
 function badge(state) {
   const b = document.createElement("span");
   b.className = `badge ${state}`;
@@ -174,21 +189,19 @@ function update(s) {
     const c = b.request_counts, done = c.completed + c.failed;
     cell(tr, b.id);
     cell(tr, b.status);
-    const bar = document.createElement("div");
-    bar.className = "bar";
-    const inner = document.createElement("span");
-    inner.style.width = `${c.total ? (100 * done) / c.total : 0}%`;
-    bar.appendChild(inner);
-    const wrap = document.createElement("div");
-    wrap.appendChild(bar);
-    const label = document.createElement("span");
-    label.className = "muted small";
-    label.textContent = `${done} / ${c.total}`;
-    wrap.appendChild(label);
-    cell(tr, wrap);
+    cell(tr, progress(done, c.total));
     cell(tr, String(c.failed), c.failed ? "bad" : "");
     return tr;
   }), "no OpenAI batches");
+
+  fill("pipelines", (s.pipelines || []).map((r) => {
+    const tr = document.createElement("tr");
+    cell(tr, r.pipeline);
+    cell(tr, r.run_id);
+    cell(tr, r.state, r.state === "failed" ? "bad" : r.state === "success" ? "ok" : "");
+    cell(tr, progress(r.steps_ended, r.steps));
+    return tr;
+  }), "no pipeline runs (or Airflow not reachable)");
 
   fill("queues", Object.entries(s.queues).sort().map(([q, d]) => {
     const tr = document.createElement("tr");

@@ -161,10 +161,12 @@ def main() -> None:
             for r in range(args.rounds):
                 # alternate which goes first, so drift in the machine hits both alike
                 for on in (True, False) if r % 2 == 0 else (False, True):
-                    runs[on].append(run_once(settings, logs, args, f"bench{r}{int(on)}", on))
+                    got = run_once(settings, logs, args, f"bench{r}{int(on)}", on)
+                    runs[on].append(got)
                     print(
                         f"round {r + 1} metrics {'on ' if on else 'off'}: "
-                        f"{runs[on][-1]['jobs_per_s']} jobs/s",
+                        f"{got['jobs_per_s']} jobs/s, {got['succeeded']}/{got['jobs']} succeeded, "
+                        f"batch fill {got['batch_fill']}",
                         flush=True,
                     )
             ratios = [
@@ -179,6 +181,11 @@ def main() -> None:
                 "on_over_off": round(statistics.median(ratios), 4),
                 "on_over_off_rounds": [round(x, 4) for x in ratios],
                 "metrics_cost": round(1 - statistics.median(ratios), 4),
+                # the invariants: every job of every run succeeded, whatever the mode
+                "all_succeeded": all(
+                    x["succeeded"] == x["jobs"] for xs in runs.values() for x in xs
+                ),
+                "batch_fill_min": min(float(x["batch_fill"]) for xs in runs.values() for x in xs),  # type: ignore[arg-type]
             }
         print(f"{'metric':<20}value")
         for key, value in result.items():

@@ -1,5 +1,9 @@
 """The worker's metrics count each settled job once; its heartbeat state follows the batch."""
 
+import sys
+import types
+
+import pytest
 from prometheus_client import CollectorRegistry
 
 from engines.cache import EngineCache
@@ -77,3 +81,33 @@ def test_a_job_claimed_before_counts_as_a_redelivery() -> None:
     run.run(batch_payload([job.model_dump(mode="json")], batch_id="b2", queued_at=0.0))
     assert v(m, "blaze_job_redeliveries_total", kind="llm") == 1
     assert v(m, "blaze_jobs_ended_total", kind="llm", model="m", state="succeeded") == 1
+
+
+def test_gpu_gauges_come_from_nvml_for_the_workers_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NVML's answers become the GPU gauges, labelled with the device as the user named it.
+
+    No GPU is on the test machines: an in-memory NVML stands in for the driver's library
+    (its four calls, with the shapes nvidia-ml-py returns)."""
+    asked: list[int] = []
+
+    class Rates:
+        gpu = 73
+
+    class Memory:
+        used = 5 << 30
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: asked.append(i) or f"handle{i}",
+        nvmlDeviceGetUtilizationRates=lambda h: Rates(),
+        nvmlDeviceGetMemoryInfo=lambda h: Memory(),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    metrics = WorkerMetrics("cuda:3", CollectorRegistry())
+    metrics.watch(EngineCache(EchoEngine, "cuda:0"))  # type: ignore[arg-type]
+    assert asked == [3]  # NVML counts physical GPUs: the user's index, not torch's cuda:0
+    assert v(metrics, "blaze_gpu_utilization_ratio", device="cuda:3") == 0.73
+    assert v(metrics, "blaze_gpu_memory_used_bytes", device="cuda:3") == 5 << 30
+    cpu = WorkerMetrics("cpu", CollectorRegistry())
+    cpu.watch(EngineCache(EchoEngine, "cpu"))  # type: ignore[arg-type]
+    assert cpu.registry.get_sample_value("blaze_gpu_utilization_ratio", {"device": "cpu"}) is None

@@ -38,11 +38,11 @@ from pathlib import Path
 import httpx
 
 from blaze.gateway.auth import KeyStore
-from blaze.gateway.core import redis_client
 from infra.stack import Stack, free_stack_ports, port_free
 from pipelines.client import Client
 from pipelines.jobs import LLMJob
 from pipelines.settings import BlazeSettings
+from pipelines.stores.redis_client import redis_client
 
 
 def job(i: int, prefix: str) -> dict[str, object]:
@@ -133,7 +133,7 @@ def main() -> None:
     try:
         stack.up()
         settings = stack.settings
-        keys = KeyStore(settings, redis_client(settings))
+        keys = KeyStore(settings, redis_client(settings, health_check_s=30))
         _, key = keys.create(
             "bench", "submit,read", requests_per_s=1e6, jobs_per_min=10**9, max_open_jobs=10**8
         )

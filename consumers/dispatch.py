@@ -20,6 +20,7 @@ from kombu.exceptions import OperationalError
 from pipelines.errors import ConfigError, ServiceUnavailable
 from pipelines.registry import Registry
 from pipelines.settings import BlazeSettings
+from pipelines.stores.redis_client import redis_client
 from pipelines.tasks import RUN_BATCH, celery_app
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,8 @@ class RedisQueueDepth:
     _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
     def __init__(self, settings: BlazeSettings) -> None:
-        pw = settings.redis.password
         self.url = settings.redis_url
-        self.client = redis.Redis.from_url(
-            self.url, password=pw.get_secret_value() if pw else None, socket_connect_timeout=5
-        )
+        self.client = redis_client(settings, timeout_s=None)
 
     def depth(self, queues: Sequence[str]) -> dict[str, int]:
         try:

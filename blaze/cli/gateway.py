@@ -66,10 +66,10 @@ def _key_store() -> Iterator[KeyStore]:
     import redis
 
     from blaze.gateway.auth import KeyStore
-    from blaze.gateway.core import redis_client
+    from pipelines.stores.redis_client import redis_client
 
     settings = cli_settings()
-    client = redis_client(settings)
+    client = redis_client(settings, health_check_s=30)
     try:
         yield KeyStore(settings, client)
     except redis.RedisError as exc:

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable
 
 import jwt
-import redis
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -28,19 +27,9 @@ from pipelines.openai.service import BatchInfo, BatchService
 from pipelines.registry import load_registry
 from pipelines.settings import BlazeSettings
 from pipelines.stores import connect
+from pipelines.stores.redis_client import redis_client
 
 log = logging.getLogger("blaze.gateway")
-
-
-def redis_client(settings: BlazeSettings) -> redis.Redis:
-    pw = settings.redis.password
-    return redis.Redis.from_url(
-        settings.redis_url,
-        password=pw.get_secret_value() if pw else None,
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        health_check_interval=30,
-    )
 
 
 class Gateway:
@@ -48,7 +37,7 @@ class Gateway:
 
     def __init__(self, settings: BlazeSettings) -> None:
         self.settings = settings
-        self.redis = redis_client(settings)
+        self.redis = redis_client(settings, health_check_s=30)
         self.client = Client(settings, status_store=connect.status_store(settings))
         self.status = self.client.status_store
         self.results = self.client.result_store

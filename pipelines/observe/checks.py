@@ -14,6 +14,7 @@ import urllib3
 from minio import Minio
 
 from pipelines.settings import BlazeSettings
+from pipelines.stores.redis_client import redis_client
 
 Check = Callable[[], "str | None"]
 
@@ -21,13 +22,7 @@ TIMEOUT_S = 2.0
 
 
 def redis_check(settings: BlazeSettings, timeout_s: float = TIMEOUT_S) -> Check:
-    pw = settings.redis.password
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        password=pw.get_secret_value() if pw else None,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s,
-    )
+    client = redis_client(settings, connect_timeout_s=timeout_s, timeout_s=timeout_s)
 
     def check() -> str | None:
         try:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import redis
 
 from pipelines.settings import BlazeSettings
+from pipelines.stores.redis_client import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,7 @@ class HeartbeatStore:
     """Heartbeats in Redis (see the module docstring for the keys)."""
 
     def __init__(self, settings: BlazeSettings, client: redis.Redis | None = None) -> None:
-        pw = settings.redis.password
-        self.client = client or redis.Redis.from_url(
-            settings.redis_url,
-            password=pw.get_secret_value() if pw else None,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-        )
+        self.client = client or redis_client(settings, connect_timeout_s=2, timeout_s=5)
         self.ns = settings.namespace
         self.index = f"{self.ns}:hb"
         self.stale_after_s = settings.observe.stale_after_s

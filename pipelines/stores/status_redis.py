@@ -14,6 +14,7 @@ import redis
 
 from pipelines.errors import ServiceUnavailable
 from pipelines.settings import BlazeSettings
+from pipelines.stores.redis_client import redis_client
 from pipelines.stores.status import (
     COUNTERS,
     RUNNING_RANK,
@@ -46,14 +47,7 @@ class RedisStatusStore:
         events: EventSink | None = None,
     ) -> None:
         self.url = settings.redis_url
-        pw = settings.redis.password
-        self.client = client or redis.Redis.from_url(
-            self.url,
-            password=pw.get_secret_value() if pw else None,
-            socket_connect_timeout=5,
-            socket_timeout=30,
-            health_check_interval=30,
-        )
+        self.client = client or redis_client(settings, health_check_s=30)
         self.prefix = f"{settings.namespace}:job:"
         self.group_prefix = f"{settings.namespace}:group:"
         self.ttl = settings.redis.status_ttl_s

@@ -140,7 +140,7 @@ def run_intake(
         observer = ProcessObserver(
             settings,
             "consumer",
-            process_id("consumer"),
+            process_id(),
             metrics.registry,
             checks,
             info=lambda: {

@@ -21,7 +21,8 @@ from engines.factory import engine_factory
 from engines.metrics import WorkerMetrics
 from engines.runner import BatchRunner
 from pipelines.errors import ModelUnavailable, ServiceUnavailable
-from pipelines.observe.checks import Check, service_checks
+from pipelines.observe.checks import service_checks
+from pipelines.observe.probes import Check
 from pipelines.observe.process import ProcessObserver, process_id
 from pipelines.settings import BlazeSettings
 from pipelines.stores.results import ResultStore
@@ -117,7 +118,7 @@ def run_worker(
         observer = ProcessObserver(
             settings,
             "worker",
-            process_id("worker", device),
+            process_id(device),
             metrics.registry,
             worker_checks(settings, cache, preload),
             info=lambda: {

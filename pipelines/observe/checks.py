@@ -7,16 +7,14 @@ even when the service hangs, and must not share a client with the process's own 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 
 import redis
 import urllib3
 from minio import Minio
 
+from pipelines.observe.probes import Check
 from pipelines.settings import BlazeSettings
 from pipelines.stores.redis_client import redis_client
-
-Check = Callable[[], "str | None"]
 
 TIMEOUT_S = 2.0
 

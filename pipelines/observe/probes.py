@@ -39,10 +39,6 @@ class Readiness:
         self._lock = threading.Lock()
         self._last: tuple[float, dict[str, str | None]] | None = None
 
-    def add(self, name: str, check: Check) -> None:
-        self.checks[name] = check
-        self._pool = ThreadPoolExecutor(len(self.checks), thread_name_prefix="readyz")
-
     def run(self) -> dict[str, str | None]:
         with self._lock:
             if self._last and time.monotonic() - self._last[0] < self.cache_s:
@@ -133,7 +129,6 @@ class ProbeServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        self.readiness.close()
 
     def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

@@ -6,21 +6,21 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from pipelines.observe import local
-from pipelines.observe.checks import Check
 from pipelines.observe.heartbeats import Beat, Heartbeater, HeartbeatStore, blaze_version
-from pipelines.observe.probes import ProbeServer, Readiness
+from pipelines.observe.probes import Check, ProbeServer, Readiness
 from pipelines.settings import BlazeSettings
 
 log = logging.getLogger(__name__)
 
 
-def process_id(role: str, detail: str = "") -> str:
+def process_id(detail: str = "") -> str:
     """``{host}:{pid}`` (plus a detail such as the device): unique per running process."""
     base = f"{socket.gethostname()}:{os.getpid()}"
     return f"{base}:{detail}" if detail else base
@@ -72,17 +72,7 @@ class ProcessObserver:
         self._started = Beat(role=role, id=proc_id, url=self.url)
 
     def _beat(self) -> Beat:
-        s = self._started
-        return Beat(
-            role=s.role,
-            id=s.id,
-            url=s.url,
-            host=s.host,
-            pid=s.pid,
-            version=s.version,
-            started_at=s.started_at,
-            info=self.info(),
-        )
+        return replace(self._started, info=self.info())
 
     def start(self) -> ProcessObserver:
         if self.server is not None:
@@ -98,5 +88,6 @@ class ProcessObserver:
         self.store.close()
         if self.server is not None:
             self.server.close()
+        self.readiness.close()
         if self._record is not None:
             self._record.unlink(missing_ok=True)

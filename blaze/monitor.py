@@ -22,10 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.observe import local
 from pipelines.observe.heartbeats import HeartbeatStore
+from pipelines.openai.service import BatchService
 from pipelines.settings import BlazeSettings
 
 log = logging.getLogger(__name__)
 
+Source = Callable[[], list[dict[str, Any]]]
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 HISTOGRAMS = {
     "e2e": "blaze_e2e_seconds",
@@ -108,9 +110,9 @@ class Monitor:
     def __init__(
         self,
         settings: BlazeSettings,
-        batches: Callable[[], list[dict[str, Any]]] | None = None,
+        batches: Source | None = None,
         window_s: float = 10.0,
-        pipelines: Callable[[], list[dict[str, Any]]] | None = None,
+        pipelines: Source | None = None,
     ) -> None:
         self.settings = settings
         self.store = HeartbeatStore(settings)
@@ -297,7 +299,7 @@ class Monitor:
     def _every(
         self,
         name: str,
-        source: Callable[[], list[dict[str, Any]]] | None,
+        source: Source | None,
         now: float,
         every_s: float,
     ) -> list[dict[str, Any]]:
@@ -315,7 +317,19 @@ class Monitor:
         return cached
 
 
-def pipeline_runs(settings: BlazeSettings, limit: int = 5) -> Callable[[], list[dict[str, Any]]]:
+def openai_batches(service: BatchService, running: int = 10, ended: int = 5) -> Source:
+    """The running OpenAI batches (progress refreshed) and the latest that ended."""
+
+    def listing() -> list[dict[str, Any]]:
+        infos = service.list_batches()
+        live = [service.refresh(b.id) for b in [b for b in infos if not b.final][:running]]
+        done = [b for b in infos if b.final][:ended]
+        return [b.model_dump(mode="json") for b in live + done]
+
+    return listing
+
+
+def pipeline_runs(settings: BlazeSettings, limit: int = 5) -> Source:
     """Recent pipeline runs from Airflow's REST API, with how many steps have ended."""
     from pipelines.templates.airflow_api import AirflowClient
 

@@ -14,17 +14,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from blaze.cli.render import ExitCode, cli_settings, out
+from blaze.cli.render import ExitCode, ago, cli_settings, megabytes, out
 
 JsonFlag = typer.Option(False, "--json", help="one JSON document for scripts")
-
-
-def _mb(n: int | float) -> str:
-    return f"{n / 2**20:.1f} MB"
-
-
-def _ago(ts: float | None, now: float) -> str:
-    return "" if not ts else f"{now - ts:.0f}s ago"
 
 
 def workers(
@@ -48,7 +40,7 @@ def workers(
     table = Table("worker", "state", "last beat", "device", "models", "batch", "last batch")
     for s in seen:
         info = s.beat.info
-        models = ", ".join(f"{m} ({_mb(b)})" for m, b in (info.get("models") or {}).items())
+        models = ", ".join(f"{m} ({megabytes(b)})" for m, b in (info.get("models") or {}).items())
         batch = info.get("batch") or {}
         last = info.get("last_batch") or {}
         outcome = last.get("outcome") or {}
@@ -58,9 +50,9 @@ def workers(
             f"{s.age_s:.1f}s ago",
             str(info.get("device", "")),
             models,
-            f"{batch.get('jobs')} jobs, {_ago(batch.get('started_at'), now)}" if batch else "",
+            f"{batch.get('jobs')} jobs, {ago(batch.get('started_at'), now)}" if batch else "",
             (
-                f"{_ago(last.get('finished_at'), now)}: "
+                f"{ago(last.get('finished_at'), now)}: "
                 + ", ".join(f"{k} {v}" for k, v in outcome.items())
             )
             if last
@@ -95,8 +87,7 @@ def health(as_json: bool = JsonFlag) -> None:
         why = check()
         rows.append({"name": name, "what": "service", "ok": why is None, "detail": why or "ok"})
     procs: dict[str, dict[str, Any]] = {}
-    redis_ok = rows[1]["ok"]
-    if redis_ok:
+    if all(r["ok"] for r in rows if r["name"] == "redis"):
         store = HeartbeatStore(settings)
         try:
             for s in store.seen():

@@ -72,6 +72,16 @@ def when(ts: float | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
 
 
+def ago(ts: float | None, now: float) -> str:
+    """``12s ago`` (empty for no time)."""
+    return "" if not ts else f"{max(0.0, now - ts):.0f}s ago"
+
+
+def megabytes(n: float) -> str:
+    mb = n / 2**20
+    return f"{mb:.1f} MB" if mb < 10 else f"{mb:,.0f} MB"
+
+
 def when_day(ts: float) -> str:
     return datetime.fromtimestamp(ts).isoformat(timespec="seconds")
 

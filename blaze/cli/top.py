@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from blaze.cli.render import cli_settings, out
+from blaze.cli.render import ago, cli_settings, megabytes, out
 
 
 def _num(x: float | None, unit: str = "", digits: int = 1) -> str:
@@ -25,15 +25,6 @@ def _secs(x: float | None) -> str:
     if x is None:
         return "-"
     return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
-
-
-def _mb(n: float) -> str:
-    mb = n / 2**20
-    return f"{mb:.1f} MB" if mb < 10 else f"{mb:,.0f} MB"
-
-
-def _ago(ts: float | None, now: float) -> str:
-    return "" if not ts else f"{max(0.0, now - ts):.0f}s ago"
 
 
 def render(snap: dict[str, Any]) -> RenderableType:
@@ -75,13 +66,13 @@ def render(snap: dict[str, Any]) -> RenderableType:
     shown = [w for w in snap["workers"] if w["state"] != "gone"]
     for w in shown:
         state = {"alive": "[green]alive[/]", "stale": "[red]stale[/]"}.get(w["state"], w["state"])
-        models = ", ".join(f"{m} {_mb(b)}" for m, b in w["models"].items())
+        models = ", ".join(f"{m} {megabytes(b)}" for m, b in w["models"].items())
         batch = w["batch"]
-        doing = f"batch of {batch['jobs']} ({_ago(batch['started_at'], now)})" if batch else "idle"
+        doing = f"batch of {batch['jobs']} ({ago(batch['started_at'], now)})" if batch else "idle"
         last = w["last_batch"] or {}
         outcome = last.get("outcome") or {}
         last_s = (
-            f"{_ago(last.get('finished_at'), now)}: {outcome.get('succeeded', 0)} ok, "
+            f"{ago(last.get('finished_at'), now)}: {outcome.get('succeeded', 0)} ok, "
             f"{outcome.get('failed', 0)} failed"
             if last and "error" not in outcome
             else (f"[red]{outcome.get('error')}[/]" if last else "")
@@ -94,7 +85,7 @@ def render(snap: dict[str, Any]) -> RenderableType:
         for d in snap["dead_letters"]
     ]
     for at, job, what, reason in sorted(rows, key=lambda x: x[0] or 0, reverse=True)[:8]:
-        problems.add_row(_ago(at, now), job, what, reason[:100])
+        problems.add_row(ago(at, now), job, what, reason[:100])
     parts: list[RenderableType] = [
         Panel(
             head,
@@ -126,22 +117,6 @@ def render(snap: dict[str, Any]) -> RenderableType:
     return Group(*parts)
 
 
-def openai_batches(settings: Any) -> Any:
-    """A callable listing OpenAI batches still running (and the last few that ended)."""
-    from blaze.sdk import Client
-    from pipelines.openai.service import BatchService
-
-    service = BatchService.of(Client(settings))
-
-    def listing() -> list[dict[str, Any]]:
-        infos = service.list_batches()
-        running = [service.refresh(b.id) for b in infos if not b.final][:10]
-        ended = [b for b in infos if b.final][:3]
-        return [b.model_dump(mode="json") for b in running + ended]
-
-    return listing
-
-
 def top(
     interval: float = typer.Option(1.0, min=0.2, max=60, help="seconds between refreshes"),
     once: bool = typer.Option(
@@ -149,10 +124,13 @@ def top(
     ),
 ) -> None:
     """A live view: throughput, lag, queues, batch fill, latency, workers, failures."""
-    from blaze.monitor import Monitor, pipeline_runs
+    from blaze.monitor import Monitor, openai_batches, pipeline_runs
+    from blaze.sdk import Client
+    from pipelines.openai.service import BatchService
 
     settings = cli_settings()
-    monitor = Monitor(settings, batches=openai_batches(settings), pipelines=pipeline_runs(settings))
+    batches = openai_batches(BatchService.of(Client(settings)))
+    monitor = Monitor(settings, batches=batches, pipelines=pipeline_runs(settings))
     try:
         monitor.snapshot()
         if once:

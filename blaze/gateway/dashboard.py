@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from blaze.gateway.auth import Principal
 from blaze.gateway.core import Gateway
 from blaze.gateway.errors import ApiError
-from blaze.monitor import Monitor, pipeline_runs
+from blaze.monitor import Monitor, openai_batches, pipeline_runs
 
 COOKIE = "blaze_dashboard"
 STATIC = Path(__file__).parent / "static"
@@ -53,12 +53,6 @@ class SharedMonitor:
         self._lock = threading.Lock()
         self._last: tuple[float, dict[str, Any]] | None = None
 
-    def _batches(self) -> list[dict[str, Any]]:
-        infos = self.gw.batches.list_batches()
-        running = [self.gw.batches.refresh(b.id) for b in infos if not b.final][:10]
-        ended = [b for b in infos if b.final][:5]
-        return [b.model_dump(mode="json") for b in running + ended]
-
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             if self._last and time.monotonic() - self._last[0] < self.max_age_s:
@@ -66,7 +60,7 @@ class SharedMonitor:
             if self._monitor is None:
                 self._monitor = Monitor(
                     self.gw.settings,
-                    batches=self._batches,
+                    batches=openai_batches(self.gw.batches),
                     pipelines=pipeline_runs(self.gw.settings),
                 )
             snap = self._monitor.snapshot()

@@ -20,10 +20,7 @@ from typing import Any, Protocol
 from kafka.structs import OffsetAndMetadata
 
 from consumers.batching import Batcher
-from consumers.dispatch import (
-    Dispatcher,
-    Router,
-)
+from consumers.dispatch import Dispatcher, Router
 from consumers.metrics import IntakeMetrics, reason_label
 from consumers.offsets import OffsetTracker
 from pipelines.errors import ServiceUnavailable

@@ -74,7 +74,6 @@ class BatchRunner:
         self.current: dict[str, Any] | None = None  # the batch in hand, for heartbeats
         self.last: dict[str, Any] | None = None  # the last batch's end and outcome
         self.failures: deque[dict[str, Any]] = deque(maxlen=RECENT)  # newest last
-        self._traces: dict[str, str] = {}
         self.spans = Spans(settings, "blaze-worker")
         self.results = results
         self.status = status
@@ -95,17 +94,18 @@ class BatchRunner:
         if busy is not None:
             busy.set(1)
         outcome: dict[str, Any] = {"error": "the batch raised"}
-        traces = payload.get("traces") or {}
+        raw_traces = payload.get("traces")
+        traces: dict[str, str] = raw_traces if isinstance(raw_traces, dict) else {}
         try:
             with self.spans.span(
                 "blaze.batch",
-                links=list(traces.values()) if isinstance(traces, dict) else [],
+                links=list(traces.values()),
                 batch_id=str(payload.get("batch_id") or ""),
                 jobs=self.current["jobs"],
                 device=self.engines.device,
                 worker=self.worker_name,
             ):
-                summary = self._run(payload, started)
+                summary = self._run(payload, started, traces)
             outcome = dict(summary)
             return summary
         except Exception as exc:
@@ -117,7 +117,9 @@ class BatchRunner:
             self.last = {**self.current, "finished_at": time.time(), "outcome": outcome}
             self.current = None
 
-    def _run(self, payload: dict[str, Any], started: float) -> dict[str, int]:
+    def _run(
+        self, payload: dict[str, Any], started: float, traces: dict[str, str]
+    ) -> dict[str, int]:
         queued_at = float(payload.get("queued_at", started))
         jobs, broken = self._parse(payload.get("jobs", []))
         # Unseeded jobs get a seed from their id: a rerun reproduces the same output.
@@ -128,10 +130,8 @@ class BatchRunner:
         keys = {j.job_id: self.settings.result_key(j.job_id) for j in jobs}
         claims = self.status.claim(list(keys), started)
         claimed = [j for j in jobs if claims[j.job_id].claimed]
-        traces = payload.get("traces") or {}
-        self._traces = {
-            j.job_id: trace.child(traces.get(j.job_id)) for j in jobs if traces.get(j.job_id)
-        }
+        # each job's hop of the trace it arrived with, recorded in its result's provenance
+        hops = {j.job_id: trace.child(traces[j.job_id]) for j in jobs if traces.get(j.job_id)}
         cancelled = [j for j in jobs if claims[j.job_id].state is JobState.CANCELLED]
         # Only a job claimed before can have a result (claims precede results), so the
         # bucket is asked about those alone instead of a HEAD per job.
@@ -144,7 +144,7 @@ class BatchRunner:
         for j in todo:
             by_model.setdefault(j.model, []).append(j)
         for model, group in by_model.items():
-            got_docs, got_blobs = self._run_model(model, group, queued_at, len(jobs))
+            got_docs, got_blobs = self._run_model(model, group, queued_at, len(jobs), hops)
             docs.extend(got_docs)
             blobs.extend(got_blobs)
         batch = _Claimed(jobs, keys, claims, claimed, cancelled, done)
@@ -307,7 +307,12 @@ class BatchRunner:
         return jobs, broken
 
     def _run_model(
-        self, model: str, jobs: list[AnyJob], queued_at: float, batch_size: int
+        self,
+        model: str,
+        jobs: list[AnyJob],
+        queued_at: float,
+        batch_size: int,
+        hops: dict[str, str],
     ) -> tuple[list[AnyResult], list[tuple[str, bytes, str]]]:
         t0 = time.time()
         failed = False
@@ -351,8 +356,8 @@ class BatchRunner:
                 "batch_size": batch_size,
                 "seed": job.seed if seed is None else seed,
             }
-            if job.job_id in self._traces:
-                provenance["traceparent"] = self._traces[job.job_id]
+            if job.job_id in hops:
+                provenance["traceparent"] = hops[job.job_id]
             if isinstance(job, EmbedJob):
                 dim = len(out.vectors[0]) if out.vectors else 0
                 provenance["params"] = {"normalize": job.normalize, "texts": len(job.texts)}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
-from infra.stack import free_stack_ports
+from infra.stack import free_stack_ports, port_free
 from pipelines.settings import read_stack_secrets
 from tests.conftest import stack_env
 
@@ -52,11 +54,60 @@ class User:
         self.procs.append(proc)
         return proc
 
+    def key(self, name: str, scopes: str, *extra: str) -> str:
+        """A new API key from `blaze keys create` (printed once)."""
+        made = json.loads(
+            self.ok("keys", "create", "--name", name, "--scopes", scopes, "--json", *extra)
+        )
+        return str(made["key"])
+
     def stop_all(self) -> None:
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def free_port() -> int:
+    for _ in range(100):
+        port = random.randrange(31_000, 39_000)
+        if port_free(port):
+            return port
+    raise AssertionError("no free port")
+
+
+def echo_fleet(
+    user: User,
+    tmp_path: Path,
+    fast: str,
+    worker_args: tuple[str, ...] = (),
+    consumer_args: tuple[str, ...] = (),
+    **env: str,
+) -> tuple[str, subprocess.Popen[bytes], Path, Path]:
+    """The stack with its gateway, a worker and a consumer, models ``fast`` (the echo engine,
+    with the registry fields in ``fast``) and ``broken`` (weights missing: its jobs fail).
+
+    Returns the gateway's URL, the worker process and the worker's and consumer's logs."""
+    port = free_port()
+    (tmp_path / "models.yaml").write_text(
+        "models:\n"
+        f"  fast:\n    engine: echo\n{fast}"
+        f"  broken:\n    source: {tmp_path / 'no-such-weights'}\n"
+    )
+    user.env.update(
+        BLAZE_GATEWAY__PORT=str(port),
+        BLAZE_REGISTRY_FILE=str(tmp_path / "models.yaml"),
+        BLAZE_OBSERVE__HEARTBEAT_S="1",
+        BLAZE_OBSERVE__RUN_DIR=str(tmp_path / "run"),
+        **env,
+    )
+    user.ok("stack", "up", "--with-gateway", timeout=180)
+    worker_log, consumer_log = tmp_path / "w.log", tmp_path / "c.log"
+    worker = user.start("worker", "--model", "fast", *worker_args, log=worker_log)
+    user.start("consume", *consumer_args, log=consumer_log)
+    wait_for_line(worker_log, " ready.", 120)
+    wait_for_line(consumer_log, "intake joined group", 90)
+    return f"http://127.0.0.1:{port}", worker, worker_log, consumer_log
 
 
 def stack_s3(user: User) -> Minio:

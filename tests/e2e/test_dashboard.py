@@ -8,7 +8,6 @@ browser console must stay clean. The screenshot is kept under ``.artifacts/`` (o
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -17,8 +16,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import sync_playwright
 
-from tests.e2e.conftest import User, wait_for_line
-from tests.e2e.test_gateway import free_port
+from tests.e2e.conftest import User, echo_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -45,31 +43,9 @@ def number(text: str) -> float:
 
 def test_dashboard_moves_while_a_batch_runs_and_shows_failures(user: User, tmp_path: Path) -> None:
     assert Path(CHROMIUM).exists(), "infra/dev.sh setup installs Debian's chromium"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    (tmp_path / "models.yaml").write_text(
-        "models:\n"
-        "  fast:\n    engine: echo\n    max_batch_size: 8\n    max_wait_s: 0.2\n"
-        f"  broken:\n    source: {tmp_path / 'no-such-weights'}\n"
-    )
-    user.env.update(
-        BLAZE_GATEWAY__PORT=str(port),
-        BLAZE_REGISTRY_FILE=str(tmp_path / "models.yaml"),
-        BLAZE_OBSERVE__HEARTBEAT_S="1",
-        BLAZE_OBSERVE__RUN_DIR=str(tmp_path / "run"),
-    )
-    user.ok("stack", "up", "--with-gateway", timeout=180)
-    worker_log, consumer_log = tmp_path / "w.log", tmp_path / "c.log"
-    user.start("worker", "--model", "fast", log=worker_log)
-    user.start("consume", log=consumer_log)
-    wait_for_line(worker_log, " ready.", 120)
-    wait_for_line(consumer_log, "intake joined group", 90)
-
-    def key(name: str, scopes: str) -> str:
-        made = user.ok("keys", "create", "--name", name, "--scopes", scopes, "--json")
-        return str(json.loads(made)["key"])
-
-    viewer, submitter, reader = key("wall", "dashboard"), key("ops", "submit"), key("r", "read")
+    url, _, _, _ = echo_fleet(user, tmp_path, "    max_batch_size: 8\n    max_wait_s: 0.2\n")
+    viewer, submitter = user.key("wall", "dashboard"), user.key("ops", "submit")
+    reader = user.key("r", "read")
     auth = {"Authorization": f"Bearer {submitter}"}
     # a key without the dashboard scope sees the sign-in page, not the data
     assert (

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 import re
 import subprocess
 import time
@@ -19,9 +18,8 @@ import pytest
 import redis
 from kafka import KafkaConsumer
 
-from infra.stack import port_free
 from pipelines.settings import read_stack_secrets
-from tests.e2e.conftest import User, stack_s3, wait_for_line
+from tests.e2e.conftest import User, free_port, stack_s3, wait_for_line
 
 pytestmark = pytest.mark.e2e
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -52,14 +50,6 @@ def redis_value(r: redis.Redis, key: bytes) -> bytes:
     return b""
 
 
-def free_port() -> int:
-    for _ in range(100):
-        port = random.randrange(31_000, 39_000)
-        if port_free(port):
-            return port
-    raise AssertionError("no free port")
-
-
 def line(cid: str, body: dict[str, object]) -> str:
     row = {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}
     return json.dumps(row) + "\n"
@@ -85,14 +75,8 @@ def test_openai_client_and_curl_through_the_gateway_leak_no_secret(
     wait_for_line(worker_log, " ready.", 120)
     wait_for_line(consumer_log, "intake joined group", 90)
 
-    def key(name: str, scopes: str, *extra: str) -> str:
-        made = json.loads(
-            user.ok("keys", "create", "--name", name, "--scopes", scopes, "--json", *extra)
-        )
-        return str(made["key"])
-
-    alice, bob = key("alice", "submit,read"), key("bob", "submit,read")
-    reader, slow = key("reader", "read"), key("slow", "read", "--rate", "1")
+    alice, bob = user.key("alice", "submit,read"), user.key("bob", "submit,read")
+    reader, slow = user.key("reader", "read"), user.key("slow", "read", "--rate", "1")
     listed = user.ok("keys", "list", "--json")
     assert {k["name"] for k in json.loads(listed)} == {"alice", "bob", "reader", "slow"}
     assert alice not in listed and alice.split("_")[2] not in listed

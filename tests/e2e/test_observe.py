@@ -22,8 +22,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import User, wait_for_line
-from tests.e2e.test_gateway import free_port
+from tests.e2e.conftest import User, echo_fleet, free_port, wait_for_line
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,26 +128,14 @@ def prometheus(user: User, tmp_path: Path, ended: float) -> None:
 def test_metrics_agree_with_outcomes_and_health_follows_failures(
     user: User, tmp_path: Path
 ) -> None:
-    port = free_port()
-    gateway = f"http://127.0.0.1:{port}"
-    (tmp_path / "models.yaml").write_text(
-        "models:\n"
-        "  fast:\n    engine: echo\n    max_batch_size: 16\n"
-        f"  broken:\n    source: {tmp_path / 'no-such-weights'}\n"
-    )
-    user.env.update(
-        BLAZE_GATEWAY__PORT=str(port),
-        BLAZE_REGISTRY_FILE=str(tmp_path / "models.yaml"),
-        BLAZE_OBSERVE__HEARTBEAT_S="1",
+    gateway, worker, worker_log, consumer_log = echo_fleet(
+        user,
+        tmp_path,
+        "    max_batch_size: 16\n",
+        worker_args=("--log-format", "json"),
+        consumer_args=("--metrics-port", "0"),
         BLAZE_OBSERVE__STALE_AFTER_S="4",
-        BLAZE_OBSERVE__RUN_DIR=str(tmp_path / "run"),
     )
-    user.ok("stack", "up", "--with-gateway", timeout=180)
-    worker_log, consumer_log = tmp_path / "w.log", tmp_path / "c.log"
-    worker = user.start("worker", "--model", "fast", "--log-format", "json", log=worker_log)
-    user.start("consume", "--metrics-port", "0", log=consumer_log)
-    wait_for_line(worker_log, " ready.", 120)
-    wait_for_line(consumer_log, "intake joined group", 90)
     procs = eventually(
         lambda: (p := processes(user)) and {"worker", "consumer", "gateway"} <= set(p) and p,
         30,
@@ -157,10 +144,7 @@ def test_metrics_agree_with_outcomes_and_health_follows_failures(
     w_url, c_url = procs["worker"]["url"], procs["consumer"]["url"]
     assert procs["gateway"]["url"] == gateway
     assert all(p["ok"] for p in procs.values()), procs
-    key = json.loads(
-        user.ok("keys", "create", "--name", "ops", "--scopes", "submit,read,admin", "--json")
-    )["key"]
-    auth = {"Authorization": f"Bearer {key}"}
+    auth = {"Authorization": f"Bearer {user.key('ops', 'submit,read,admin')}"}
 
     # -- a few hundred jobs: most run, some fail at the worker, some are dead-lettered ---------
     def llm(model: str, n: int, **extra: Any) -> list[dict[str, Any]]:

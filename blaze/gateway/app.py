@@ -16,7 +16,7 @@ from blaze.gateway.frontdoor import FrontDoor
 from blaze.gateway.metrics import Metered
 from pipelines.observe.checks import service_checks
 from pipelines.observe.heartbeats import blaze_version
-from pipelines.observe.probes import readiness_body
+from pipelines.observe.probes import Readiness, readiness_body
 from pipelines.observe.process import ProcessObserver, process_id
 from pipelines.settings import BlazeSettings, load_settings
 
@@ -26,25 +26,28 @@ log = logging.getLogger("blaze.gateway")
 def create_app(settings: BlazeSettings, gateway: Gateway | None = None) -> FastAPI:
     """The HTTP API over the pipeline; connections are made here, once."""
     gw = gateway or Gateway(settings)
-    gws = settings.gateway
-    # no probe server of its own: the gateway serves /metrics, /livez and /readyz itself
-    observer = ProcessObserver(
-        settings,
-        "gateway",
-        process_id(),
-        gw.metrics.registry,
-        service_checks(settings, "kafka", "redis", "s3"),
-        port=None,
-        url=f"http://{gws.host}:{gws.port}",
-    )
+    # /readyz lives as long as the app; heartbeats as long as each lifespan (an app can be
+    # started more than once, e.g. by a test client and then a fuzzer)
+    readiness = Readiness(service_checks(settings, "kafka", "redis", "s3"))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        observer.start()
+        gws = settings.gateway
+        # no probe server of its own: the gateway serves /metrics, /livez and /readyz itself
+        observer = ProcessObserver(
+            settings,
+            "gateway",
+            process_id(),
+            gw.metrics.registry,
+            {},
+            port=None,
+            url=f"http://{gws.host}:{gws.port}",
+        ).start()
         try:
             yield
         finally:
             observer.stop()
+            readiness.close()
             gw.close()
 
     app = FastAPI(
@@ -72,7 +75,7 @@ def create_app(settings: BlazeSettings, gateway: Gateway | None = None) -> FastA
     @app.get("/readyz", tags=["health"])
     def readyz() -> JSONResponse:
         """Kafka, Redis and S3 reachable; 503 naming what is not."""
-        code, body = readiness_body(observer.readiness.run())
+        code, body = readiness_body(readiness.run())
         return JSONResponse(body, status_code=code)
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)

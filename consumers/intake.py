@@ -308,10 +308,12 @@ class Intake:
             queued_at=time.time(),
             traces=traces,
         )
-        # Recorded before the hand-off so a fast worker's "running" never precedes it; if the
-        # dispatch fails the offsets stay uncommitted and the job comes back anyway.
+        # Recorded and published before the hand-off so a fast worker's "running" never
+        # precedes it (in Redis or on the event topic); if the dispatch fails the offsets stay
+        # uncommitted and the job comes back anyway.
         now = time.time()
         self.status.update([StatusUpdate(e.job.job_id, JobState.BATCHED, at=now) for e in batch])
+        self.status.flush_events()
         self.dispatcher.dispatch(queue, payload)
         for e in batch:
             self.offsets.settle(e.tp, e.offset)

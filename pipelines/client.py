@@ -142,6 +142,7 @@ class Client:
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
             self.status_store.update([_queued(j, time.time()) for j in part])
+            self.status_store.flush_events()  # "queued" is out before a consumer can batch it
             # how many jobs travel together: the consumer lets a quiet batch leave early only
             # once it holds them all (or is full), so a burst never leaves its first piece alone
             sent_with = [(SENT_WITH_HEADER, str(len(part)).encode())]

@@ -169,6 +169,11 @@ class StatusStore(Protocol):
         """Record when the group reached ``name`` (first call wins); returns that time."""
         ...
 
+    def flush_events(self, timeout: float = 10) -> None:
+        """Wait until the changes applied so far are published, so that a change another
+        process makes after this hand-off can never precede them on the event topic."""
+        ...
+
     def close(self) -> None:
         """Release connections (and the event sink's)."""
         ...

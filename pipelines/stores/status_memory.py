@@ -143,6 +143,11 @@ class MemoryStatusStore:
         with self._lock:
             return self.marks.setdefault(group, {}).setdefault(name, at)
 
+    def flush_events(self, timeout: float = 10) -> None:
+        flush = getattr(self.sink, "flush", None)
+        if callable(flush):
+            flush(timeout)
+
     def close(self) -> None:
         close = getattr(self.sink, "close", None)
         if callable(close):

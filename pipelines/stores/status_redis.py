@@ -156,6 +156,11 @@ class RedisStatusStore:
             )
         return out
 
+    def flush_events(self, timeout: float = 10) -> None:
+        flush = getattr(self.events, "flush", None)
+        if callable(flush):
+            flush(timeout)
+
     def close(self) -> None:
         close = getattr(self.events, "close", None)
         if callable(close):

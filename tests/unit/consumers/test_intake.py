@@ -301,3 +301,31 @@ def test_a_bad_sent_with_header_counts_as_one() -> None:
     for value in (b"x", b"-3", b"0", None):
         assert sent_with(Rec(TOPIC, 0, 0, b"", [("blaze-sent-with", value)])) == 1
     assert sent_with(Rec(TOPIC, 0, 0, b"", [("blaze-sent-with", b"12")])) == 12
+
+
+def test_batched_events_are_published_before_the_batch_is_handed_to_a_worker() -> None:
+    """A worker's "running" comes from another process: it may only follow a published
+    "batched", else a subscriber sees one job's states out of order."""
+    order: list[str] = []
+
+    class Sink:
+        def __init__(self) -> None:
+            self.pending: list[str] = []
+
+        def __call__(self, moved: Any) -> None:
+            self.pending.extend(f"{up.state.value} {up.job_id}" for up in moved)
+
+        def flush(self, timeout: float = 10) -> None:
+            order.extend(self.pending)
+            self.pending.clear()
+
+    class Dispatcher(MemoryDispatcher):
+        def dispatch(self, queue: str, payload: dict[str, Any]) -> None:
+            order.extend(f"dispatched {j['job_id']}" for j in payload["jobs"])
+            super().dispatch(queue, payload)
+
+    disp, status = Dispatcher(), MemoryStatusStore(events=Sink())
+    router = Router(SETTINGS, REGISTRY, disp, "round_robin")  # type: ignore[arg-type]
+    src = FakeSource([{"p0": [Rec(TOPIC, 0, i, job(f"j{i}")) for i in range(3)]}])
+    Intake(SETTINGS, src, disp, MemoryDeadLetters(), status, router, REGISTRY, Clock()).step()
+    assert order == [f"batched j{i}" for i in range(3)] + [f"dispatched j{i}" for i in range(3)]

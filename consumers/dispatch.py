@@ -21,7 +21,7 @@ from pipelines.errors import ConfigError, ServiceUnavailable
 from pipelines.registry import Registry
 from pipelines.settings import BlazeSettings
 from pipelines.stores.redis_client import redis_client
-from pipelines.tasks import RUN_BATCH, celery_app
+from pipelines.tasks import RUN_BATCH, celery_app, celery_priority
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class CeleryDispatcher:
                     args=[payload],
                     queue=queue,
                     routing_key=queue,
+                    priority=celery_priority(int(payload.get("priority", 5))),
                     retry=True,
                     retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5},
                 )

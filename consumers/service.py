@@ -28,6 +28,7 @@ from consumers.dispatch import (
 )
 from consumers.intake import Intake, IntakeStats
 from consumers.metrics import IntakeMetrics, MeteredDepth
+from consumers.reaper import Reaper
 from pipelines.jobs import JOB_KINDS
 from pipelines.kafka import ensure_topics, unavailable
 from pipelines.observe.checks import service_checks
@@ -121,10 +122,12 @@ def run_intake(
     consumer = make_consumer(settings, listener)
     dead = connect.dead_letters(settings)
     status = connect.status_store(settings)
+    dispatcher = dispatcher or CeleryDispatcher(settings)
+    reaper = Reaper(settings, dispatcher, status, dead)
     intake = Intake(
         settings,
         consumer,
-        dispatcher or CeleryDispatcher(settings),
+        dispatcher,
         dead,
         status,
         router,
@@ -156,6 +159,7 @@ def run_intake(
     try:
         while not stop.is_set():
             intake.step()
+            reaper.maybe_reap()
             if not ready and consumer.assignment():
                 ready = True
                 if metrics is not None:

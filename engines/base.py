@@ -30,6 +30,7 @@ class Output:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    error_kind: str | None = None  # engines.recovery.ErrorKind of ``error``
     images: list[bytes] = field(default_factory=list)  # PNG bytes, for image engines
     vectors: list[list[float]] = field(default_factory=list)  # for embedding engines
     info: dict[str, Any] = field(default_factory=dict)

@@ -62,6 +62,15 @@ class EngineCache:
         self._fit_budget(keep=model)
         return engine
 
+    def reload(self, model: str) -> Engine[Any]:
+        """Drop the model's engine and load it again (after a device error); raises
+        ``ModelUnavailable`` if it no longer loads."""
+        if self.engines.pop(model, None) is not None and self.on_unload is not None:
+            self.on_unload(model)
+        self.failures.pop(model, None)
+        free_accelerator_memory()
+        return self.get(model)
+
     def loaded_bytes(self) -> int:
         return sum(memory_bytes(e) for e in self.engines.values())
 

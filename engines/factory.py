@@ -7,6 +7,7 @@ first used, so a worker that serves only echo models never imports torch's model
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,22 @@ ENGINES: dict[tuple[str, str], Builder] = {
 }
 
 
+def _imported(spec: ModelSpec) -> Builder | None:
+    """A ``module:callable`` engine of the registry, imported on first use."""
+    if ":" not in spec.engine_name:
+        return None
+    module, _, name = spec.engine_name.partition(":")
+    try:
+        build = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelUnavailable(
+            f"model {spec.name!r}: engine {spec.engine_name!r} cannot be imported: {exc}"
+        ) from None
+    if not callable(build):
+        raise ModelUnavailable(f"model {spec.name!r}: engine {spec.engine_name!r} is not callable")
+    return build  # type: ignore[no-any-return]
+
+
 def engine_factory(
     settings: BlazeSettings, dtype: str | None = None, registry: Registry | None = None
 ) -> EngineFactory:
@@ -70,7 +87,7 @@ def engine_factory(
             raise ModelUnavailable(f"unknown model {model!r} (known: {known})")
         if dtype is not None:
             spec = spec.model_copy(update={"dtype": dtype})
-        build = ENGINES.get((spec.engine_name, spec.kind))
+        build = ENGINES.get((spec.engine_name, spec.kind)) or _imported(spec)
         if build is None:
             runs = sorted(kind for engine, kind in ENGINES if engine == spec.engine_name)
             raise ModelUnavailable(

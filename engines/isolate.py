@@ -6,7 +6,7 @@ import gc
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from engines.base import Engine, Output
 from pipelines.jobs import AnyJob
@@ -19,6 +19,32 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+ErrorKind = Literal["input", "oom", "device", "other"]
+_DEVICE_MARKERS = (
+    "cuda error",
+    "device-side assert",
+    "cudnn",
+    "nccl",
+    "hip error",
+    "non-finite",
+    "contains either `inf`",  # sampling from NaN logits
+)
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """Whose fault an engine error is: ``input`` (the job's own: it fails at once, e.g. a
+    prompt that does not fit the context), ``oom`` and ``device`` (the device's: retried, and a
+    device error reloads the engine), ``other`` (unknown: retried)."""
+    if is_out_of_memory(exc):
+        return "oom"
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if type(exc).__name__ == "AcceleratorError" or any(m in text for m in _DEVICE_MARKERS):
+        return "device"
+    if isinstance(exc, ValueError | TypeError | KeyError | IndexError | UnicodeError):
+        return "input"
+    return "other"
 
 
 def run_isolated(
@@ -41,7 +67,7 @@ def run_isolated(
         if len(jobs) == 1:
             why = "out of memory even alone" if oom else f"{type(exc).__name__}: {exc}"
             log.warning("job %s failed on its own: %s", jobs[0].job_id, why)
-            return [Output(error=why[:1000])]
+            return [Output(error=why[:1000], error_kind=error_kind(exc))]
         mid = len(jobs) // 2
         log.warning(
             "batch of %d failed (%s: %s); retrying as %d + %d",

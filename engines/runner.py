@@ -22,23 +22,21 @@ from pydantic import TypeAdapter, ValidationError
 
 from engines.base import Output
 from engines.cache import EngineCache
-from engines.isolate import free_accelerator_memory, run_isolated
+from engines.documents import result_docs
 from engines.metrics import WorkerMetrics
-from pipelines.errors import ModelUnavailable
-from pipelines.jobs import AnyJob, DiffusionJob, EmbedJob, Job, is_job_id, job_seed
+from engines.recovery import run_with_retries
+from pipelines.errors import ModelUnavailable, ServiceUnavailable
+from pipelines.jobs import AnyJob, Job, is_job_id, job_seed
 from pipelines.observe import trace
 from pipelines.observe.spans import Spans
 from pipelines.results import (
     RESULT_TYPES,
     AnyResult,
-    DiffusionResult,
-    EmbedResult,
-    ImageRef,
     LLMResult,
-    Usage,
     parse_result,
 )
 from pipelines.settings import BlazeSettings
+from pipelines.stores.deadletters import DeadLetter, DeadLetterStore
 from pipelines.stores.results import ResultStore
 from pipelines.stores.status import Claim, GroupsDone, JobState, StatusStore, StatusUpdate
 
@@ -68,12 +66,16 @@ class BatchRunner:
         on_groups_done: GroupsDone | None = None,
         worker_name: str = "",
         metrics: WorkerMetrics | None = None,
+        dead_letters: DeadLetterStore | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.current: dict[str, Any] | None = None  # the batch in hand, for heartbeats
         self.last: dict[str, Any] | None = None  # the last batch's end and outcome
         self.failures: deque[dict[str, Any]] = deque(maxlen=RECENT)  # newest last
+        # the batch in hand's engine calls, those the device failed and job reruns
+        self.outcome: Counter[str] = Counter()
+        self.dead_letters = dead_letters
         self.spans = Spans(settings, "blaze-worker")
         self.results = results
         self.status = status
@@ -84,6 +86,7 @@ class BatchRunner:
     def run(self, payload: dict[str, Any]) -> dict[str, int]:
         """Run one batch (see the class docstring); returns counts by outcome."""
         started = time.time()
+        self.outcome = Counter(engine_calls=0, device_failed=0, retried=0)
         raw_jobs = payload.get("jobs", [])
         self.current = {
             "batch_id": payload.get("batch_id"),
@@ -106,6 +109,7 @@ class BatchRunner:
                 worker=self.worker_name,
             ):
                 summary = self._run(payload, started, traces)
+            summary.update(self.outcome)
             outcome = dict(summary)
             return summary
         except Exception as exc:
@@ -133,6 +137,9 @@ class BatchRunner:
         # each job's hop of the trace it arrived with, recorded in its result's provenance
         hops = {j.job_id: trace.child(traces[j.job_id]) for j in jobs if traces.get(j.job_id)}
         cancelled = [j for j in jobs if claims[j.job_id].state is JobState.CANCELLED]
+        late = self._past_deadline(claimed, started)
+        if late:
+            claimed = [j for j in claimed if j.job_id not in late]
         # Only a job claimed before can have a result (claims precede results), so the
         # bucket is asked about those alone instead of a HEAD per job.
         rerun = [keys[j.job_id] for j in claimed if claims[j.job_id].attempts > 1]
@@ -150,6 +157,42 @@ class BatchRunner:
         batch = _Claimed(jobs, keys, claims, claimed, cancelled, done)
         with self.spans.span("blaze.write", results=len(docs), images=len(blobs)):
             return self._write(payload, batch, docs, blobs, started)
+
+    def _past_deadline(self, claimed: list[AnyJob], now: float) -> set[str]:
+        """End jobs whose deadline passed while they waited for a worker: dead, not run."""
+        late = {
+            j.job_id: j for j in claimed if j.deadline is not None and j.deadline.timestamp() < now
+        }
+        if not late:
+            return set()
+        reasons = {
+            jid: f"deadline {j.deadline.isoformat()} passed while queued for a worker"
+            for jid, j in late.items()
+            if j.deadline is not None
+        }
+        self.status.update(
+            [StatusUpdate(jid, JobState.DEAD, why, now) for jid, why in reasons.items()]
+        )
+        self._dead_letter([(late[jid], why) for jid, why in reasons.items()])
+        return set(late)
+
+    def _dead_letter(self, jobs: list[tuple[AnyJob, str]]) -> None:
+        """Jobs that did not succeed, to the dead-letter topic (``blaze dlq``), stage worker."""
+        if self.dead_letters is None or not jobs:
+            return
+        letters = [
+            DeadLetter(
+                "worker",
+                why,
+                j.job_id,
+                payload=j.model_dump_json(exclude_defaults=False)[:4096],
+            )
+            for j, why in jobs
+        ]
+        try:
+            self.dead_letters.send(letters)
+        except ServiceUnavailable as exc:  # the status and result already say why
+            log.warning("could not dead-letter %d jobs: %s", len(letters), exc)
 
     def _write(
         self,
@@ -187,6 +230,14 @@ class BatchRunner:
             ]
         )
         self._write_manifest(payload, jobs, final, started, now)
+        by_id = {j.job_id: j for j in jobs}
+        self._dead_letter(
+            [
+                (by_id[d.job_id], d.error or "failed")
+                for d in docs
+                if d.status == "failed" and d.job_id in by_id and keys.get(d.job_id) not in taken
+            ]
+        )
         if applied.groups_done and self.on_groups_done is not None:
             self.on_groups_done(applied.groups_done)
         if self.metrics is not None:
@@ -316,102 +367,36 @@ class BatchRunner:
     ) -> tuple[list[AnyResult], list[tuple[str, bytes, str]]]:
         t0 = time.time()
         failed = False
+        fleet = self.settings.fleet
         try:
             with self.spans.span("blaze.engine", model=model, jobs=len(jobs)):
-                engine = self.engines.get(model)
-                outputs = run_isolated(engine, jobs, free_accelerator_memory)
-            prov = engine.describe()
+                got = run_with_retries(
+                    self.engines,
+                    model,
+                    jobs,
+                    retries=fleet.engine_retries,
+                    backoff_s=fleet.retry_backoff_s,
+                )
+            outputs, prov = got.outputs, got.engine.describe()
+            self.outcome["engine_calls"] += 1
+            self.outcome["device_failed"] += got.device_failed
+            self.outcome["retried"] += got.retried
+            failed = got.device_failed
         except ModelUnavailable as exc:
             outputs, prov, failed = [Output(error=str(exc))] * len(jobs), {"model": model}, True
-        except Exception as exc:
-            log.exception(
-                "engine %s failed on a batch of %d",
-                model,
-                len(jobs),
-                extra={"job_ids": [j.job_id for j in jobs]},
-            )
-            outputs = [Output(error=f"engine error: {type(exc).__name__}: {exc}")] * len(jobs)
-            prov, failed = {"model": model}, True
         compute = time.time() - t0
         if self.metrics is not None:
             self._count_call(model, jobs, outputs, t0, queued_at, compute, failed)
-        docs: list[AnyResult] = []
-        blobs: list[tuple[str, bytes, str]] = []
-        for job, out in zip(jobs, outputs, strict=True):
-            common: dict[str, Any] = {
-                "job_id": job.job_id,
-                "status": "failed" if out.error else "succeeded",
-                "model": model,
-                "error": out.error,
-                "tags": dict(job.tags),
-                "timings": {
-                    "queue_wait_s": round(max(0.0, t0 - job.submitted_at.timestamp()), 4),
-                    "batch_wait_s": round(max(0.0, t0 - queued_at), 4),
-                    "compute_s": round(compute, 4),
-                },
-            }
-            seed = out.info.get("seed")
-            provenance = {
-                **prov,
-                "batch_size": batch_size,
-                "seed": job.seed if seed is None else seed,
-            }
-            if job.job_id in hops:
-                provenance["traceparent"] = hops[job.job_id]
-            if isinstance(job, EmbedJob):
-                dim = len(out.vectors[0]) if out.vectors else 0
-                provenance["params"] = {"normalize": job.normalize, "texts": len(job.texts)}
-                docs.append(
-                    EmbedResult(
-                        **common,
-                        vectors=out.vectors,
-                        dim=dim,
-                        provenance=provenance,
-                        usage=Usage(prompt_tokens=out.prompt_tokens),
-                    )
-                )
-                continue
-            if isinstance(job, DiffusionJob):
-                refs = []
-                for k, png in enumerate(out.images):
-                    key = f"{self.settings.result_prefix(job.job_id)}image-{k}.png"
-                    blobs.append((key, png, "image/png"))
-                    seed = None if out.info.get("seed") is None else out.info["seed"] + k
-                    refs.append(
-                        ImageRef(
-                            key=key, seed=seed, width=job.width, height=job.height, bytes=len(png)
-                        )
-                    )
-                provenance["params"] = job.model_dump(
-                    include={
-                        "width",
-                        "height",
-                        "num_inference_steps",
-                        "guidance_scale",
-                        "num_images",
-                        "negative_prompt",
-                    }
-                )
-                docs.append(DiffusionResult(**common, images=refs, provenance=provenance))
-                continue
-            provenance["params"] = {
-                "max_new_tokens": job.max_new_tokens,
-                "temperature": job.temperature,
-                "top_p": job.top_p,
-                "stop": list(job.stop),
-            }
-            docs.append(
-                LLMResult(
-                    **common,
-                    text=out.text,
-                    finish_reason=out.finish_reason,  # type: ignore[arg-type]
-                    usage=Usage(
-                        prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens
-                    ),
-                    provenance=provenance,
-                )
-            )
-        return docs, blobs
+        return result_docs(
+            self.settings,
+            model,
+            jobs,
+            outputs,
+            prov,
+            (t0, compute, queued_at),
+            batch_size,
+            hops,
+        )
 
     def _count_call(
         self,

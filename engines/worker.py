@@ -8,23 +8,30 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext, suppress
 from typing import Any
 
+import redis
 from celery import Celery
+from celery.exceptions import Reject
 
 from engines.base import memory_bytes
 from engines.cache import EngineCache
 from engines.devices import pin_device
 from engines.factory import engine_factory
 from engines.metrics import WorkerMetrics
+from engines.recovery import DeviceLost
 from engines.runner import BatchRunner
 from pipelines.errors import ModelUnavailable, ServiceUnavailable
+from pipelines.fleet import Breakers, Leases
 from pipelines.observe.checks import service_checks
 from pipelines.observe.probes import Check
 from pipelines.observe.process import ProcessObserver, process_id
 from pipelines.settings import BlazeSettings
+from pipelines.stores.deadletters import DeadLetterStore
 from pipelines.stores.results import ResultStore
 from pipelines.stores.status import GroupsDone, StatusStore
 from pipelines.tasks import RUN_BATCH, celery_app
@@ -32,29 +39,58 @@ from pipelines.tasks import RUN_BATCH, celery_app
 log = logging.getLogger(__name__)
 
 
-def worker_app(settings: BlazeSettings, runner: BatchRunner) -> Celery:
-    """A Celery app with ``blaze.run_batch`` bound to ``runner``."""
+def worker_app(
+    settings: BlazeSettings,
+    runner: BatchRunner,
+    leases: Leases | None = None,
+    breakers: Breakers | None = None,
+    on_device_lost: Callable[[str], None] | None = None,
+) -> Celery:
+    """A Celery app with ``blaze.run_batch`` bound to ``runner``.
+
+    With ``leases`` the batch in hand keeps a lease (its worker's sign of life, see
+    ``pipelines.fleet``); with ``breakers`` each batch's outcome is recorded on its queue's
+    breaker. ``on_device_lost`` hears why the device is gone: the batch goes back to its queue
+    and the worker is expected to stop.
+    """
     app = celery_app(settings, name=f"{settings.namespace}-worker")
+    holder = runner.worker_name
 
     @app.task(  # type: ignore[untyped-decorator]
         name=RUN_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
     )
     def run_batch(self: Any, payload: dict[str, Any]) -> dict[str, int]:
+        batch_id = str(payload.get("batch_id") or self.request.id)
+        queue = str((self.request.delivery_info or {}).get("routing_key") or "")
+        keep = leases.kept(batch_id, holder) if leases is not None else nullcontext()
         try:
-            summary = runner.run(payload)
+            with keep:
+                summary = runner.run(payload)
         except ServiceUnavailable as exc:
-            # Results could not be stored: retry the whole (idempotent) batch later.
-            log.warning("batch %s: %s; retrying", payload.get("batch_id"), exc)
-            raise self.retry(
-                exc=exc, countdown=min(60, 2 ** min(self.request.retries, 6))
-            ) from None
+            # Results could not be stored: retry the whole (idempotent) batch later; the
+            # lease covers the wait, so the retry is not mistaken for a dead worker's batch.
+            countdown = min(60, 2 ** min(self.request.retries, 6))
+            if leases is not None:
+                with suppress(Exception):
+                    leases.hold(batch_id, holder, countdown + settings.fleet.lease_s)
+            log.warning("batch %s: %s; retrying", batch_id, exc)
+            raise self.retry(exc=exc, countdown=countdown) from None
+        except DeviceLost as exc:
+            log.error("batch %s: %s; returning it to %s and stopping", batch_id, exc, queue)
+            _record(breakers, queue, ok=False, reason=str(exc))
+            if on_device_lost is not None:
+                on_device_lost(str(exc))
+            raise Reject(str(exc), requeue=True) from None
+        if summary.get("engine_calls"):
+            failed = summary["device_failed"] == summary["engine_calls"]
+            _record(breakers, queue, ok=not failed, reason="the engine failed the whole batch")
         jobs = payload.get("jobs") or []
         log.info(
             "batch %s: %s",
-            payload.get("batch_id"),
+            batch_id,
             summary,
             extra={
-                "batch_id": payload.get("batch_id"),
+                "batch_id": batch_id,
                 "job_ids": [j.get("job_id") for j in jobs if isinstance(j, dict)],
                 "traces": payload.get("traces") or {},
             },
@@ -62,6 +98,18 @@ def worker_app(settings: BlazeSettings, runner: BatchRunner) -> Celery:
         return summary
 
     return app
+
+
+def _record(breakers: Breakers | None, queue: str, *, ok: bool, reason: str) -> None:
+    if breakers is None or not queue:
+        return
+    try:
+        state = breakers.record(queue, ok, reason)
+    except redis.RedisError as exc:
+        log.warning("breaker of %s not updated: %s", queue, exc)
+        return
+    if state == "open" and not ok:
+        log.warning("breaker of %s is open: %s", queue, reason)
 
 
 def run_worker(
@@ -76,6 +124,7 @@ def run_worker(
     loglevel: str = "INFO",
     kinds: Sequence[str] = ("llm", "diffusion", "embed"),
     metrics_port: int | None = None,
+    dead_letters: DeadLetterStore | None = None,
 ) -> None:
     """Serve ``{namespace}.{kind}.{device}`` for each kind until SIGTERM.
 
@@ -83,6 +132,8 @@ def run_worker(
     that dies goes back to the queue (late acknowledgement). ``on_groups_done`` hears of job
     groups (OpenAI-style batches) whose last job a batch settled. With a ``metrics_port``
     (0: a free one) it serves /metrics, /livez and /readyz there and beats into Redis.
+    Failed jobs go to ``dead_letters``. Raises ``DeviceLost`` once it stopped because its
+    device failed and would not reload (exit non-zero so that a supervisor restarts it).
     """
     torch_device = pin_device(device)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -112,7 +163,14 @@ def run_worker(
         on_groups_done,
         name.replace("%h", socket.gethostname()),
         metrics,
+        dead_letters,
     )
+    lost: list[str] = []
+
+    def device_lost(why: str) -> None:
+        lost.append(why)
+        os.kill(os.getpid(), signal.SIGTERM)  # warm shutdown: stop taking batches
+
     observer = None
     if metrics is not None and metrics_port is not None:
         observer = ProcessObserver(
@@ -120,12 +178,13 @@ def run_worker(
             "worker",
             process_id(device),
             metrics.registry,
-            worker_checks(settings, cache, preload),
+            worker_checks(settings, cache, preload, lost),
             info=lambda: {
                 "device": device,
                 "queues": queues.split(","),
                 "models": {m: memory_bytes(e) for m, e in list(cache.engines.items())},
-                "health": cache.health(),
+                "health": {**cache.health(), **({"device": f"lost: {lost[0]}"} if lost else {})},
+                "weight": settings.fleet.weight,
                 "batch": runner.current,
                 "last_batch": runner.last,
                 "recent_failures": list(runner.failures),
@@ -137,19 +196,25 @@ def run_worker(
             cache.get(model)
         except ModelUnavailable as exc:
             log.error("preload: %s", exc)
-    app = worker_app(settings, runner)
+    leases, breakers = Leases(settings), Breakers(settings)
+    app = worker_app(settings, runner, leases, breakers, device_lost)
     try:
         _serve(app, queues, name, loglevel)
     finally:
         if observer is not None:
             observer.stop()
+    if lost:
+        raise DeviceLost(lost[0])
 
 
 def worker_checks(
-    settings: BlazeSettings, cache: EngineCache, preload: Sequence[str]
+    settings: BlazeSettings,
+    cache: EngineCache,
+    preload: Sequence[str],
+    lost: Sequence[str] = (),
 ) -> dict[str, Check]:
     """Redis (the Celery broker and status), S3 (results), Kafka if status events are on,
-    and every preloaded model loaded."""
+    every preloaded model loaded, and the device not lost."""
     names = ["redis", "s3"] + (["kafka"] if settings.kafka.status_events else [])
     checks = service_checks(settings, *names)
 
@@ -162,6 +227,7 @@ def worker_checks(
 
     if preload:
         checks["engine"] = engines
+    checks["device"] = lambda: f"lost: {lost[0]}" if lost else None
     return checks
 
 

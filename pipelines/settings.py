@@ -148,6 +148,60 @@ class WorkerSettings(_Group):
     )
 
 
+RoutingStrategy = Literal[
+    "model_affinity", "least_outstanding", "round_robin", "weighted", "fastest", "power_of_two"
+]
+
+
+class FleetSettings(_Group):
+    """Routing among workers and what happens when they fail (``consumers.routing``)."""
+
+    routing: RoutingStrategy = Field(
+        default="model_affinity", description="default strategy; a model may set its own"
+    )
+    weight: float = Field(
+        default=1.0, gt=0, le=1000, description="capacity a worker advertises (weighted routing)"
+    )
+    lease_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=600,
+        description="a running batch whose worker stopped renewing it this long goes back",
+    )
+    reap_every_s: float = Field(default=2.0, gt=0, le=60, description="how often leases are read")
+    alone_after_deaths: int = Field(
+        default=2, ge=1, le=100, description="a job whose worker died this often runs alone"
+    )
+    dead_after_deaths: int = Field(
+        default=3, ge=1, le=100, description="... and this often is dead-lettered"
+    )
+    breaker_failures: int = Field(
+        default=3, ge=1, le=1000, description="consecutive failed batches that open a breaker"
+    )
+    breaker_cooldown_s: float = Field(
+        default=30.0, gt=0, le=86400, description="open breakers let one probe batch through after"
+    )
+    engine_retries: int = Field(
+        default=2, ge=0, le=20, description="reruns of a batch after a transient engine error"
+    )
+    retry_backoff_s: float = Field(default=1.0, ge=0, le=600, description="doubles per retry")
+    read_ahead_jobs: int = Field(
+        default=5000,
+        ge=1,
+        le=1_000_000,
+        description="jobs intake holds while worker queues are full (priorities reorder them)",
+    )
+
+    @model_validator(mode="after")
+    def _caps_ordered(self) -> FleetSettings:
+        if self.dead_after_deaths < self.alone_after_deaths:
+            raise ValueError(
+                "fleet: dead_after_deaths must be >= alone_after_deaths, got "
+                f"{self.dead_after_deaths} < {self.alone_after_deaths}"
+            )
+        return self
+
+
 class AirflowSettings(_Group):
     """Where ``blaze pipeline`` reaches Airflow's REST API (v2)."""
 
@@ -263,6 +317,7 @@ class BlazeSettings(BaseSettings):
     stack: StackSettings = StackSettings()
     batch: BatchSettings = BatchSettings()
     worker: WorkerSettings = WorkerSettings()
+    fleet: FleetSettings = FleetSettings()
     airflow: AirflowSettings = AirflowSettings()
     gateway: GatewaySettings = GatewaySettings()
     observe: ObserveSettings = ObserveSettings()

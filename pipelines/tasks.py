@@ -48,19 +48,34 @@ def celery_app(settings: BlazeSettings, name: str = "blaze") -> Celery:
     return app
 
 
+def celery_priority(priority: int) -> int:
+    """The Celery priority of a Blaze priority: kombu's Redis transport serves lower numbers
+    first (in steps 0, 3, 6, 9), Blaze's 9 is the most urgent."""
+    return 9 - max(0, min(9, priority))
+
+
 def batch_payload(
     jobs: list[dict[str, Any]],
     *,
     batch_id: str,
     queued_at: float,
     traces: dict[str, str] | None = None,
+    priority: int | None = None,
 ) -> dict[str, Any]:
     """The body of one ``run_batch`` task: the jobs themselves plus batch bookkeeping.
 
     ``traces`` maps job ids to the W3C ``traceparent`` each job arrived with (the consumer's
-    hop), so the worker logs and records it with the job's result.
+    hop), so the worker logs and records it with the job's result. ``priority`` (0-9, 9 most
+    urgent) is the batch's: its most urgent job's, by default.
     """
-    body: dict[str, Any] = {"batch_id": batch_id, "queued_at": queued_at, "jobs": jobs}
+    if priority is None:
+        priority = max((int(j.get("priority", 5)) for j in jobs), default=5)
+    body: dict[str, Any] = {
+        "batch_id": batch_id,
+        "queued_at": queued_at,
+        "priority": priority,
+        "jobs": jobs,
+    }
     if traces:
         body["traces"] = traces
     return body

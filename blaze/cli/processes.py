@@ -15,6 +15,7 @@ import typer
 
 from blaze.cli.render import cli_settings, setup_logging
 from pipelines.errors import ConfigError
+from pipelines.registry import DEVICE
 
 MetricsPort = Annotated[
     int,
@@ -28,7 +29,7 @@ LogFormat = Annotated[str | None, typer.Option(help="text or json (default: sett
 
 
 def worker(
-    device: Annotated[str, typer.Option(help="cpu or cuda:N")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cpu:N or cuda:N")] = "cpu",
     model: Annotated[
         list[str] | None, typer.Option("--model", help="preload this model (repeatable)")
     ] = None,
@@ -55,6 +56,7 @@ def worker(
     from engines.devices import pin_device
 
     pin_device(device)  # validates (and pins) before torch is imported
+    from engines.recovery import DeviceLost
     from engines.worker import run_worker
     from pipelines.openai.service import BatchService, finalize_groups
     from pipelines.stores import connect
@@ -63,6 +65,7 @@ def worker(
     results = connect.result_store(settings)
     results.ensure_bucket()
     status = connect.status_store(settings)
+    dead = connect.dead_letters(settings)
     try:
         run_worker(
             settings,
@@ -75,10 +78,15 @@ def worker(
             loglevel=loglevel,
             kinds=kind or JOB_KINDS,
             metrics_port=metrics_port,
+            dead_letters=dead,
         )
+    except DeviceLost as exc:
+        typer.echo(f"worker stopped: device lost: {exc}", err=True)
+        raise typer.Exit(3) from None
     finally:
         results.close()
         status.close()
+        dead.close()
 
 
 def consume(
@@ -100,8 +108,8 @@ def consume(
     if strategy not in ("least_outstanding", "round_robin"):
         raise ConfigError(f"--strategy must be least_outstanding or round_robin, got {strategy!r}")
     for d in device or []:
-        if d != "cpu" and not (d.startswith("cuda:") and d[5:].isdigit()):
-            raise ConfigError(f"--device must be 'cpu' or 'cuda:N', got {d!r}")
+        if not DEVICE.match(d):
+            raise ConfigError(f"--device must be 'cpu', 'cpu:N' or 'cuda:N', got {d!r}")
     settings = cli_settings()
     setup_logging(loglevel, log_format)
     from consumers.service import run_intake

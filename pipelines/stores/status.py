@@ -149,6 +149,11 @@ class StatusStore(Protocol):
         """Cancel jobs that have not started; returns each job's state after the call."""
         ...
 
+    def count_deaths(self, job_ids: Sequence[str]) -> dict[str, int]:
+        """Count one more worker death on each job (its batch's worker died while running
+        it); returns each job's count so far."""
+        ...
+
     def reset(self, job_ids: Iterable[str]) -> None:
         """Forget jobs' states (a dead letter replayed after a fix starts again)."""
         ...

@@ -55,6 +55,7 @@ class MemoryStatusStore:
         self.groups: dict[str, tuple[int, set[str], dict[str, int]]] = {}
         self.marks: dict[str, dict[str, float]] = {}
         self.sink = events
+        self.deaths: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _apply(self, up: StatusUpdate, out: Applied) -> None:
@@ -123,6 +124,7 @@ class MemoryStatusStore:
     def reset(self, job_ids: Iterable[str]) -> None:
         with self._lock:
             for j in job_ids:
+                self.deaths.pop(j, None)
                 old = self.jobs.pop(j, None)
                 if old is not None and old.group in self.groups:
                     _, done, counts = self.groups[old.group]
@@ -138,6 +140,12 @@ class MemoryStatusStore:
         total, done, counts = self.groups.get(group, (-1, set(), {}))
         marks = dict(self.marks.get(group, {}))
         return GroupProgress(group, total, len(done), {k: v for k, v in counts.items() if v}, marks)
+
+    def count_deaths(self, job_ids: Sequence[str]) -> dict[str, int]:
+        with self._lock:
+            for j in job_ids:
+                self.deaths[j] = self.deaths.get(j, 0) + 1
+            return {j: self.deaths[j] for j in job_ids}
 
     def mark_group(self, group: str, name: str, at: float) -> float:
         with self._lock:

@@ -115,6 +115,18 @@ class RedisStatusStore:
         }
         return states, applied
 
+    def count_deaths(self, job_ids: Sequence[str]) -> dict[str, int]:
+        if not job_ids:
+            return {}
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for j in job_ids:
+                pipe.hincrby(self.prefix + j, "deaths", 1)
+            counts = pipe.execute()
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from None
+        return {j: int(n) for j, n in zip(job_ids, counts, strict=True)}
+
     def reset(self, job_ids: Iterable[str]) -> None:
         keys = [self.prefix + j for j in job_ids]
         if not keys:

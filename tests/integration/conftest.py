@@ -8,7 +8,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,6 +51,52 @@ def running_worker(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class Supervisor:
+    """Restarts a worker process whenever it exits, as systemd or Kubernetes would."""
+
+    def __init__(self, settings: BlazeSettings, logs: Path, args: Sequence[str] = ()) -> None:
+        self.cmd = [sys.executable, "-m", "blaze", "worker", "--metrics-port", "0", *args]
+        self.env = settings_env(settings)
+        self.logs = logs
+        self.exits: list[int] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        log = self.logs / f"worker-{len(self.exits)}.log"
+        with log.open("ab") as fh:
+            return subprocess.Popen(self.cmd, env=self.env, stdout=fh, stderr=subprocess.STDOUT)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            proc = self.proc
+            if proc is not None and proc.poll() is not None:
+                self.exits.append(proc.returncode)
+                if not self._stop.is_set():
+                    self.proc = self._start()
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> Supervisor:
+        self.proc = self._start()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, n: int = 3000) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))[-n:]
 
 
 @contextmanager

@@ -80,7 +80,16 @@ def test_every_job_gets_a_result_and_a_terminal_state() -> None:
     run, results, status, made = runner()
     jobs = [LLMJob(job_id=f"j{i}", model="m", prompt=f"p{i}", tags={"k": "v"}) for i in range(4)]
     summary = run.run(payload(*jobs))
-    assert summary == {"jobs": 4, "succeeded": 4, "failed": 0, "cancelled": 0, "skipped": 0}
+    assert summary == {
+        "jobs": 4,
+        "succeeded": 4,
+        "failed": 0,
+        "cancelled": 0,
+        "skipped": 0,
+        "engine_calls": 1,
+        "device_failed": 0,
+        "retried": 0,
+    }
     assert made["m"].calls == [4]  # one engine call for the whole batch
     body = result(results, "j2")
     assert body["text"] == "P2" and body["status"] == "succeeded" and body["tags"] == {"k": "v"}

@@ -1,0 +1,223 @@
+"""Returning the batches of dead workers within seconds, and capping poison jobs.
+
+Celery (kombu's Redis transport) keeps every batch a worker has taken but not acknowledged in
+the ``unacked`` hash, indexed by delivery time in ``unacked_index``; on its own it returns such a
+batch only after the visibility timeout (an hour by default). Workers hold a lease on the batch
+in hand (``pipelines.fleet.Leases``). Every ``reap_every_s`` one consumer (a Redis lock picks
+it) looks for batches of this namespace taken more than ``lease_s`` ago whose lease is gone:
+their worker died. For each, it
+
+1. counts one more death on each of its jobs and a failure on its queue's breaker;
+2. dead-letters the jobs that reached ``dead_after_deaths`` ("worker died while running this
+   job", stage ``worker``); sends those that reached ``alone_after_deaths`` back as batches of
+   one (so a job that kills its worker takes nothing else with it); sends the rest back as one
+   batch (the same batch id when nothing was split off);
+3. only then removes the taken batch from ``unacked``: a consumer dying in between leaves it
+   there, to be returned again (a rerun is harmless: workers skip jobs that have a result).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from consumers.dispatch import Dispatcher
+from pipelines.fleet import Breakers, Leases
+from pipelines.settings import BlazeSettings
+from pipelines.stores.deadletters import DeadLetter, DeadLetterStore
+from pipelines.stores.redis_client import redis_client
+from pipelines.stores.status import JobState, StatusStore, StatusUpdate
+from pipelines.tasks import batch_payload
+
+log = logging.getLogger(__name__)
+
+UNACKED, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport defaults
+DIED = "worker died while running this job"
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A batch a worker took from its queue and has not acknowledged."""
+
+    tag: str
+    queue: str
+    payload: dict[str, Any]
+    taken_at: float
+
+    @property
+    def batch_id(self) -> str:
+        return str(self.payload.get("batch_id") or self.tag)
+
+
+@dataclass
+class ReapStats:
+    returned: int = 0  # batches sent back
+    split: int = 0  # jobs sent back alone
+    dead: int = 0  # jobs dead-lettered
+    recent: list[dict[str, Any]] = field(default_factory=list)
+
+
+def read_taken(raw: dict[Any, Any], index: dict[str, float], prefix: str) -> list[Taken]:
+    """Parse kombu's unacked entries (``[message, exchange, routing_key]``) of this namespace."""
+    out: list[Taken] = []
+    for tag_raw, value in raw.items():
+        tag = tag_raw.decode() if isinstance(tag_raw, bytes) else str(tag_raw)
+        try:
+            message, _exchange, routing_key = json.loads(value)
+            if not str(routing_key).startswith(prefix):
+                continue
+            body = message["body"]
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args = json.loads(body)[0]
+            payload = args[0]
+            if not isinstance(payload, dict):
+                raise ValueError("the task's argument is not a batch")
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            log.warning("unacked message %s is not a Blaze batch (%s); left alone", tag, exc)
+            continue
+        out.append(Taken(tag, str(routing_key), payload, index.get(tag, time.time())))
+    return out
+
+
+class Reaper:
+    """Finds dead workers' batches and sends their jobs back (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: BlazeSettings,
+        dispatcher: Dispatcher,
+        status: StatusStore,
+        dead_letters: DeadLetterStore,
+        client: redis.Redis | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.fleet = settings.fleet
+        self.client = client or redis_client(settings, connect_timeout_s=2, timeout_s=10)
+        self.leases = Leases(settings, self.client)
+        self.breakers = Breakers(settings, self.client, clock)
+        self.dispatcher = dispatcher
+        self.status = status
+        self.dead_letters = dead_letters
+        self.clock = clock
+        self.lock = f"{settings.namespace}:reaper"
+        self.stats = ReapStats()
+        self._next = 0.0
+
+    def maybe_reap(self) -> int:
+        """Reap if ``reap_every_s`` passed since the last look; never raises for Redis."""
+        now = self.clock()
+        if now < self._next:
+            return 0
+        self._next = now + self.fleet.reap_every_s
+        try:
+            return self.reap()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("reaper: %s", exc)
+            return 0
+
+    def reap(self) -> int:
+        """One look; returns how many dead workers' batches were sent back."""
+        hold_ms = int(1000 * self.fleet.reap_every_s * 0.9) or 1
+        if not self.client.set(self.lock, "1", nx=True, px=hold_ms):
+            return 0  # another consumer looks this time
+        dead = self.dead_batches()
+        for taken in dead:
+            self.send_back(taken)
+        return len(dead)
+
+    def dead_batches(self) -> list[Taken]:
+        """Batches taken more than ``lease_s`` ago whose worker holds no lease."""
+        raw = self.client.hgetall(UNACKED)
+        if not raw:
+            return []
+        scores: list[tuple[bytes, float]] = self.client.zrange(  # type: ignore[assignment]
+            UNACKED_INDEX, 0, -1, withscores=True
+        )
+        index = {t.decode(): float(s) for t, s in scores}
+        taken = read_taken(raw, index, f"{self.settings.namespace}.")
+        old = [t for t in taken if self.clock() - t.taken_at > self.fleet.lease_s]
+        holders = self.leases.holders([t.batch_id for t in old])
+        return [t for t in old if holders.get(t.batch_id) is None]
+
+    def send_back(self, taken: Taken) -> None:
+        jobs = [j for j in taken.payload.get("jobs") or [] if isinstance(j, dict)]
+        ids = [str(j.get("job_id")) for j in jobs if j.get("job_id")]
+        deaths = self.status.count_deaths(ids) if ids else {}
+        self.breakers.record(taken.queue, False, "a worker died running a batch")
+        dead, alone, rest = _split(jobs, deaths, self.fleet)
+        if dead:
+            self._bury(dead, deaths)
+        traces = taken.payload.get("traces") or {}
+        parts = [[j] for j in alone] + ([rest] if rest else [])
+        for part in parts:
+            same = len(parts) == 1 and not dead
+            batch_id = taken.batch_id if same else uuid.uuid4().hex
+            mine = {j["job_id"]: traces[j["job_id"]] for j in part if j.get("job_id") in traces}
+            self.dispatcher.dispatch(
+                taken.queue,
+                batch_payload(part, batch_id=batch_id, queued_at=time.time(), traces=mine),
+            )
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(UNACKED, taken.tag)
+        pipe.zrem(UNACKED_INDEX, taken.tag)
+        pipe.execute()
+        self.stats.returned += 1
+        self.stats.split += len(alone) if len(parts) > 1 else 0
+        self.stats.dead += len(dead)
+        self.stats.recent = [
+            *self.stats.recent[-19:],
+            {
+                "batch_id": taken.batch_id,
+                "queue": taken.queue,
+                "jobs": len(jobs),
+                "alone": len(alone),
+                "dead": len(dead),
+                "at": self.clock(),
+            },
+        ]
+        log.warning(
+            "worker of batch %s on %s died: %d jobs sent back (%d alone), %d dead-lettered",
+            taken.batch_id,
+            taken.queue,
+            len(alone) + len(rest),
+            len(alone),
+            len(dead),
+            extra={"batch_id": taken.batch_id, "job_ids": ids},
+        )
+
+    def _bury(self, jobs: Sequence[dict[str, Any]], deaths: dict[str, int]) -> None:
+        now = time.time()
+        why = {j["job_id"]: f"{DIED} ({deaths[j['job_id']]} times)" for j in jobs}
+        self.dead_letters.send(
+            [
+                DeadLetter("worker", r, jid, payload=json.dumps(j)[:4096])
+                for (jid, r), j in zip(why.items(), jobs, strict=True)
+            ]
+        )
+        self.status.update([StatusUpdate(jid, JobState.DEAD, r, now) for jid, r in why.items()])
+
+
+def _split(
+    jobs: list[dict[str, Any]], deaths: dict[str, int], fleet: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(dead-lettered, sent back alone, sent back together) by each job's death count."""
+    dead, alone, rest = [], [], []
+    for j in jobs:
+        n = deaths.get(str(j.get("job_id")), 0)
+        if n >= fleet.dead_after_deaths:
+            dead.append(j)
+        elif n >= fleet.alone_after_deaths and len(jobs) > 1:
+            alone.append(j)
+        else:
+            rest.append(j)
+    return dead, alone, rest

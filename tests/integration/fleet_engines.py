@@ -1,0 +1,47 @@
+"""Engines that misbehave on purpose, loaded by workers through ``engine: module:callable``.
+
+``poison`` answers like echo but kills its process (``os._exit``) on the prompt ``POISON``,
+as a segfaulting kernel or an OOM kill would. ``faulty`` fails every batch while the file
+named by its ``source`` exists (a sick device), and answers like echo once it is removed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from engines.base import Output
+from engines.echo import EchoEngine
+from pipelines.jobs import LLMJob
+from pipelines.registry import ModelSpec
+from pipelines.settings import BlazeSettings
+
+MARKER = "POISON"
+
+
+class Poison(EchoEngine):
+    def run(self, batch: Sequence[LLMJob]) -> list[Output]:
+        if any(j.prompt == MARKER for j in batch):
+            os._exit(17)
+        return super().run(batch)
+
+
+class Faulty(EchoEngine):
+    def __init__(self, name: str, broken_while: Path) -> None:
+        super().__init__(name)
+        self.broken_while = broken_while
+
+    def run(self, batch: Sequence[LLMJob]) -> list[Output]:
+        if self.broken_while.exists():
+            raise RuntimeError("engine fault: the device stopped answering")
+        return super().run(batch)
+
+
+def poison(settings: BlazeSettings, spec: ModelSpec) -> Any:
+    return Poison(spec.name)
+
+
+def faulty(settings: BlazeSettings, spec: ModelSpec) -> Any:
+    return Faulty(spec.name, Path(spec.source or "/nonexistent"))

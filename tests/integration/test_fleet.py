@@ -1,0 +1,135 @@
+"""The fleet heals itself on the real stack: poison jobs, dead workers, breakers, deadlines."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipelines.client import Client
+from pipelines.fleet import Breakers
+from pipelines.jobs import LLMJob
+from pipelines.settings import BlazeSettings
+from pipelines.stores import connect
+from pipelines.stores.status import JobState
+from tests.integration.conftest import Supervisor, running_intake, running_worker
+from tests.integration.fleet_engines import MARKER
+
+pytestmark = pytest.mark.integration
+ENGINES = "tests.integration.fleet_engines"
+
+
+def with_models(settings: BlazeSettings, **models: dict[str, Any]) -> BlazeSettings:
+    settings.registry_file.write_text(yaml.safe_dump({"models": models}))
+    return settings
+
+
+def fleet(settings: BlazeSettings, **changes: Any) -> BlazeSettings:
+    return settings.model_copy(update={"fleet": settings.fleet.model_copy(update=changes)})
+
+
+def test_a_poison_job_is_dead_lettered_and_the_rest_of_its_batch_succeeds(
+    settings: BlazeSettings, tmp_path: Path
+) -> None:
+    """A job that kills its worker (os._exit) is tried alone after 2 deaths and dead-lettered
+    after 3; the other jobs of its batch succeed and the restarted worker serves new batches.
+    Celery's visibility timeout stays at its default (an hour): the leases bring it back."""
+    settings = with_models(fleet(settings, lease_s=4), poison={"engine": f"{ENGINES}:poison"})
+    assert settings.worker.visibility_timeout_s == 3600
+    jobs = [LLMJob(model="poison", prompt=f"job {i}") for i in range(7)]
+    jobs.insert(3, LLMJob(model="poison", prompt=MARKER))
+    ids = [j.job_id for j in jobs]
+    with (
+        running_intake(settings),
+        Client(settings) as client,
+        Supervisor(settings, tmp_path) as sup,
+    ):
+        client.submit_many(jobs)
+        final = client.wait(ids, timeout=150)
+        states = {jid: st.state for jid, st in final.items() if st is not None}
+        bad = jobs[3].job_id
+        assert states.pop(bad) is JobState.DEAD, sup.log_tail()
+        assert set(states.values()) == {JobState.SUCCEEDED}
+        poisoned = final[bad]
+        assert poisoned is not None and "worker died while running this job" in poisoned.reason
+        assert sup.exits.count(17) == 3  # twice in its batch, once alone
+        # the restarted worker serves other batches
+        more = [LLMJob(model="poison", prompt=f"after {i}") for i in range(4)]
+        client.submit_many(more)
+        after = client.wait([j.job_id for j in more], timeout=60)
+        assert {s.state for s in after.values() if s} == {JobState.SUCCEEDED}
+    letters = [
+        letter.body
+        for letter in connect.dead_letters(settings).read(idle_s=2)
+        if letter.body.get("job_id") == bad
+    ]
+    assert len(letters) == 1 and letters[0]["stage"] == "worker"
+    assert "worker died while running this job" in letters[0]["reason"]
+
+
+def test_an_engine_that_fails_every_batch_opens_its_breaker_and_closes_once_fixed(
+    settings: BlazeSettings, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.touch()
+    settings = with_models(
+        fleet(
+            settings,
+            breaker_failures=2,
+            breaker_cooldown_s=3,
+            engine_retries=1,
+            retry_backoff_s=0.1,
+        ),
+        faulty={"engine": f"{ENGINES}:faulty", "source": str(broken), "max_batch_size": 1},
+    )
+    queue = settings.queue("llm", "cpu")
+    breakers = Breakers(settings)
+    with running_intake(settings), Client(settings) as client, running_worker(settings):
+        first = [LLMJob(model="faulty", prompt=f"a{i}") for i in range(2)]
+        client.submit_many(first)
+        done = client.wait([j.job_id for j in first], timeout=60)
+        assert {s.state for s in done.values() if s} == {JobState.FAILED}
+        assert breakers.states([queue])[queue].state == "open"
+        # while it is open, new jobs wait instead of failing
+        waiting = [LLMJob(model="faulty", prompt=f"b{i}") for i in range(3)]
+        client.submit_many(waiting)
+        time.sleep(1.5)
+        assert {s.state for s in client.status([j.job_id for j in waiting]).values() if s} <= {
+            JobState.QUEUED
+        }
+        broken.unlink()  # fixed: the probe after the cooldown succeeds and closes it
+        done = client.wait([j.job_id for j in waiting], timeout=60)
+        assert {s.state for s in done.values() if s} == {JobState.SUCCEEDED}
+        assert breakers.states([queue])[queue].state == "closed"
+    failed = {
+        letter.body.get("job_id")
+        for letter in connect.dead_letters(settings).read(idle_s=2)
+        if letter.body.get("stage") == "worker"
+    }
+    assert failed == {j.job_id for j in first}
+
+
+def test_a_job_whose_deadline_passes_in_a_worker_queue_is_not_run(
+    settings: BlazeSettings, tmp_path: Path
+) -> None:
+    settings = with_models(settings, fast={"engine": "echo"})
+    soon = datetime.now(UTC) + timedelta(seconds=10)
+    late = LLMJob(model="fast", prompt="late", deadline=soon)
+    fine = LLMJob(model="fast", prompt="fine")
+    with running_intake(settings), Client(settings) as client:
+        client.submit_many([late, fine])
+        deadline = time.monotonic() + 30
+        while client.status([late.job_id])[late.job_id].state is not JobState.BATCHED:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.5)
+        with running_worker(settings):
+            final = client.wait([late.job_id, fine.job_id], timeout=60)
+    st = final[late.job_id]
+    assert st is not None and st.state is JobState.DEAD
+    assert "passed while queued for a worker" in st.reason
+    assert final[fine.job_id].state is JobState.SUCCEEDED  # type: ignore[union-attr]

@@ -125,17 +125,23 @@ class Batcher(Generic[K, T]):
             return batch.items
         return None
 
-    def due(self, can_start: Callable[[list[T]], bool] | None = None) -> list[tuple[K, list[T]]]:
+    def due(
+        self,
+        can_start: Callable[[list[T]], bool] | None = None,
+        only: Callable[[list[T]], bool] | None = None,
+    ) -> list[tuple[K, list[T]]]:
         """Remove and return every batch whose window has ended (see the module docstring
         for the one extension a still-filling batch gets).
 
         With ``can_start``, a batch nothing joined for ``quiet_s`` also leaves if
         ``can_start(items)`` says so; it is asked once per quiet spell, so a busy pipeline is
-        not asked again on every poll.
+        not asked again on every poll. With ``only``, batches it refuses are not looked at.
         """
         now = self.clock()
         keys = []
         for k, b in self._open.items():
+            if only is not None and not only(b.items):
+                continue
             if now < b.deadline:
                 early = self._early_at(b)
                 if early is not None and now >= early and can_start is not None:

@@ -11,21 +11,18 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from pipelines.errors import ConfigError, ServiceUnavailable
-from pipelines.registry import Registry
+from pipelines.errors import ServiceUnavailable
 from pipelines.settings import BlazeSettings
 from pipelines.stores.redis_client import redis_client
 from pipelines.tasks import RUN_BATCH, celery_app, celery_priority
 
 log = logging.getLogger(__name__)
-
-Strategy = Literal["round_robin", "least_outstanding"]
 
 
 class Dispatcher(Protocol):
@@ -75,76 +72,6 @@ class RedisQueueDepth:
             raise ServiceUnavailable("Redis", self.url, str(exc)[:200]) from None
         n = len(self._PRIORITY_SUFFIXES)
         return {q: sum(counts[i * n : (i + 1) * n]) for i, q in enumerate(queues)}
-
-
-class Router:
-    """Chooses the worker queue for a batch among the devices that serve its model.
-
-    Args:
-        settings: Blaze settings (queue names).
-        registry: Which devices serve which model.
-        depth: Reads how many batches wait per queue.
-        strategy: ``least_outstanding`` (fewest waiting batches) or ``round_robin``.
-        max_queued: A queue holding this many batches takes no more (backpressure).
-        only_devices: Route only to these devices (e.g. what ``blaze consume --device`` names).
-    """
-
-    def __init__(
-        self,
-        settings: BlazeSettings,
-        registry: Registry,
-        depth: QueueDepth,
-        strategy: Strategy = "least_outstanding",
-        max_queued: int | None = None,
-        only_devices: Sequence[str] | None = None,
-    ) -> None:
-        if strategy not in ("round_robin", "least_outstanding"):
-            raise ConfigError(f"unknown routing strategy {strategy!r}")
-        self.settings = settings
-        self.registry = registry
-        self.depth = depth
-        self.strategy = strategy
-        self.max_queued = max_queued or settings.batch.max_queued_batches
-        self.only = set(only_devices) if only_devices else None
-        self._turn: dict[str, int] = {}
-
-    def queues_for(self, kind: str, model: str) -> list[str]:
-        spec = self.registry.get(model)
-        devices = spec.devices if spec else ["cpu"]
-        if self.only is not None:
-            devices = [d for d in devices if d in self.only]
-        return [self.settings.queue(kind, d) for d in devices]
-
-    def all_queues(self) -> list[str]:
-        """Every queue this router may send to, for every model of the registry."""
-        queues = {
-            q
-            for name in self.registry.names()
-            for q in self.queues_for(self.registry.specs[name].kind, name)
-        }
-        return sorted(queues)
-
-    def has_empty_queue(self, kind: str, model: str) -> bool:
-        """Whether a queue for this model holds no waiting batch (a batch sent now starts as
-        soon as a worker of that queue is free; at low load, at once)."""
-        queues = self.queues_for(kind, model)
-        return bool(queues) and min(self.depth.depth(queues).values()) == 0
-
-    def choose(self, kind: str, model: str) -> str | None:
-        """The queue for the next batch, or None when every candidate is full."""
-        queues = self.queues_for(kind, model)
-        if not queues:
-            return None
-        depths = self.depth.depth(queues)
-        open_queues = [q for q in queues if depths[q] < self.max_queued]
-        if not open_queues:
-            return None
-        if self.strategy == "least_outstanding":
-            return min(open_queues, key=lambda q: (depths[q], queues.index(q)))
-        key = f"{kind}/{model}"
-        turn = self._turn.get(key, 0)
-        self._turn[key] = turn + 1
-        return open_queues[turn % len(open_queues)]
 
 
 class CeleryDispatcher:

@@ -8,6 +8,7 @@ redelivered job harmless by skipping job ids that already have a result.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 import uuid
@@ -20,9 +21,10 @@ from typing import Any, Protocol
 from kafka.structs import OffsetAndMetadata
 
 from consumers.batching import Batcher
-from consumers.dispatch import Dispatcher, Router
+from consumers.dispatch import Dispatcher
 from consumers.metrics import IntakeMetrics, reason_label
 from consumers.offsets import OffsetTracker
+from consumers.routing import Router
 from pipelines.errors import ServiceUnavailable
 from pipelines.jobs import (
     JOB_KINDS,
@@ -149,7 +151,8 @@ class Intake:
         self.batcher: Batcher[tuple[object, ...], Entry] = Batcher(
             settings.batch.max_size, settings.batch.max_wait_s, clock, settings.batch.quiet_s
         )
-        self.ready: deque[list[Entry]] = deque()
+        # batches that left the batcher, most urgent first (FIFO within a priority)
+        self.ready: list[list[Entry]] = []
         self.offsets = OffsetTracker()
         self.stats = IntakeStats()
         self.paused = False
@@ -190,14 +193,21 @@ class Intake:
                     now,
                     tp_header.decode("ascii", "replace") if tp_header else None,
                 )
-                batch = self.batcher.add(batch_key(parsed), entry, size, wait_s, sent_with(rec))
+                # one lane per priority: urgent jobs never wait in a batch of routine ones
+                key = (parsed.priority, *batch_key(parsed))
+                batch = self.batcher.add(key, entry, size, wait_s, sent_with(rec))
                 if batch is not None:
-                    self.ready.append(batch)
+                    self._ready([batch])
         if letters:
             self._dead_letter(letters)
         if not self.ready:
-            # While batches wait for room, open ones keep filling: leaving now gains nothing.
-            self.ready.extend(batch for _, batch in self.batcher.due(self._can_start))
+            self._ready(batch for _, batch in self.batcher.due(self._can_start))
+        else:
+            # While batches wait for room, open ones keep filling: leaving now gains nothing,
+            # unless they are more urgent than every waiting batch (they go to the front).
+            top = self.ready[0][0].job.priority
+            urgent = self.batcher.due(only=lambda entries: entries[0].job.priority > top)
+            self._ready(batch for _, batch in urgent)
         self._pump()
         self.commit()
         if self.metrics is not None and self.clock() - self._observed_at >= 1.0:
@@ -277,22 +287,45 @@ class Intake:
             self.offsets.settle(tp, off)
         self.stats.dead_lettered += len(letters)
 
+    def _ready(self, batches: Iterable[list[Entry]]) -> None:
+        for batch in batches:
+            bisect.insort(self.ready, batch, key=lambda b: -b[0].job.priority)
+
+    def buffered(self) -> int:
+        """Jobs read from Kafka and not yet handed to a worker queue."""
+        return sum(len(b) for b in self.ready) + len(self.batcher)
+
     def _pump(self) -> None:
-        """Dispatch ready batches while their queues have room; pause intake while they don't."""
-        while self.ready:
-            batch = self.ready[0]
+        """Dispatch ready batches, most urgent first, while their queues have room.
+
+        A batch whose queues are full (or whose devices' breakers are open) waits; batches of
+        other models behind it still go. Intake keeps reading while fewer than
+        ``fleet.read_ahead_jobs`` jobs wait here, so urgent jobs submitted behind a backlog
+        reach the front; past that it pauses its partitions until there is room again.
+        """
+        full: set[tuple[str, str]] = set()
+        waiting: list[list[Entry]] = []
+        for batch in self.ready:
             job = batch[0].job
-            queue = self.router.choose(job.kind, job.model)
+            target = (job.kind, job.model)
+            queue = None if target in full else self.router.choose(job.kind, job.model)
             if queue is None:
-                break
-            self.ready.popleft()
+                full.add(target)
+                waiting.append(batch)
+                continue
             self._dispatch(queue, batch)
-        if self.ready and not self.paused:
+        self.ready = waiting
+        over = self.buffered() >= self.settings.fleet.read_ahead_jobs
+        if self.ready and over and not self.paused:
             self.source.pause(*self.source.assignment())
             self.paused = True
             self.stats.pauses += 1
-            log.info("worker queues full: pausing intake (%d batches ready)", len(self.ready))
-        elif not self.ready and self.paused:
+            log.info(
+                "worker queues full: pausing intake (%d batches, %d jobs waiting)",
+                len(self.ready),
+                self.buffered(),
+            )
+        elif self.paused and not (self.ready and over):
             self.source.resume(*self.source.paused())
             self.paused = False
             self.batcher.restart()
@@ -360,7 +393,7 @@ class Intake:
 
         Whatever still finds no room stays uncommitted and is redelivered to the next owner.
         """
-        self.ready.extend(batch for _, batch in self.batcher.drain())
+        self._ready(batch for _, batch in self.batcher.drain())
         deadline = self.clock() + wait_s
         self._pump()
         while self.ready and self.clock() < deadline:

@@ -18,20 +18,16 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import KafkaError, NoBrokersAvailable
 from kafka.structs import TopicPartition
 
-from consumers.dispatch import (
-    CeleryDispatcher,
-    Dispatcher,
-    QueueDepth,
-    RedisQueueDepth,
-    Router,
-    Strategy,
-)
+from consumers.dispatch import CeleryDispatcher, Dispatcher, QueueDepth, RedisQueueDepth
 from consumers.intake import Intake, IntakeStats
 from consumers.metrics import IntakeMetrics, MeteredDepth
 from consumers.reaper import Reaper
+from consumers.routing import FleetView, Router
+from pipelines.fleet import Breakers
 from pipelines.jobs import JOB_KINDS
 from pipelines.kafka import ensure_topics, unavailable
 from pipelines.observe.checks import service_checks
+from pipelines.observe.heartbeats import HeartbeatStore
 from pipelines.observe.process import ProcessObserver, process_id
 from pipelines.registry import Registry, load_registry
 from pipelines.settings import BlazeSettings
@@ -85,7 +81,7 @@ def run_intake(
     stop: threading.Event | None = None,
     dispatcher: Dispatcher | None = None,
     on_ready: Callable[[], None] | None = None,
-    strategy: Strategy = "least_outstanding",
+    strategy: str | None = None,
     registry: Registry | None = None,
     metrics_port: int | None = None,
     metrics: IntakeMetrics | None = None,
@@ -117,7 +113,8 @@ def run_intake(
     depth: QueueDepth = RedisQueueDepth(settings)
     if metrics is not None:
         depth = MeteredDepth(depth, metrics)
-    router = Router(settings, registry, depth, strategy, only_devices=devices)
+    view = FleetView(HeartbeatStore(settings), Breakers(settings))
+    router = Router(settings, registry, depth, strategy, only_devices=devices, view=view)
     listener = _Listener()
     consumer = make_consumer(settings, listener)
     dead = connect.dead_letters(settings)

@@ -43,6 +43,7 @@ from pipelines.stores.status import Claim, GroupsDone, JobState, StatusStore, St
 log = logging.getLogger(__name__)
 
 RECENT = 20  # failures a worker keeps for its heartbeat (blaze top, the dashboard)
+EWMA = 0.3  # weight of the newest batch in the seconds-per-job average
 
 _JOB: TypeAdapter[AnyJob] = TypeAdapter(Job)
 
@@ -75,6 +76,7 @@ class BatchRunner:
         self.failures: deque[dict[str, Any]] = deque(maxlen=RECENT)  # newest last
         # the batch in hand's engine calls, those the device failed and job reruns
         self.outcome: Counter[str] = Counter()
+        self.sec_per_job: float | None = None  # EWMA of recent batches (fastest routing)
         self.dead_letters = dead_letters
         self.spans = Spans(settings, "blaze-worker")
         self.results = results
@@ -111,6 +113,11 @@ class BatchRunner:
                 summary = self._run(payload, started, traces)
             summary.update(self.outcome)
             outcome = dict(summary)
+            ran = summary["succeeded"] + summary["failed"]
+            if ran:
+                per_job = (time.time() - started) / ran
+                prev = self.sec_per_job
+                self.sec_per_job = per_job if prev is None else EWMA * per_job + (1 - EWMA) * prev
             return summary
         except Exception as exc:
             outcome = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}

@@ -185,6 +185,7 @@ def run_worker(
                 "models": {m: memory_bytes(e) for m, e in list(cache.engines.items())},
                 "health": {**cache.health(), **({"device": f"lost: {lost[0]}"} if lost else {})},
                 "weight": settings.fleet.weight,
+                "sec_per_job": runner.sec_per_job,
                 "batch": runner.current,
                 "last_batch": runner.last,
                 "recent_failures": list(runner.failures),

@@ -51,9 +51,6 @@ class Leases:
         ms = int(1000 * (for_s if for_s is not None else self.lease_s))
         self.client.set(self.prefix + batch_id, holder, px=max(1, ms))
 
-    def release(self, batch_id: str) -> None:
-        self.client.delete(self.prefix + batch_id)
-
     def holders(self, batch_ids: Sequence[str]) -> dict[str, str | None]:
         """Who holds each batch's lease (None: nobody, i.e. its worker is gone)."""
         if not batch_ids:
@@ -66,7 +63,9 @@ class Leases:
 
     @contextmanager
     def kept(self, batch_id: str, holder: str) -> Iterator[None]:
-        """Hold the lease while the block runs, renewed from a thread; released after.
+        """Hold the lease while the block runs, renewed from a thread; after the block it
+        lapses ``lease_s`` later rather than at once, since the batch is acknowledged only
+        after the block and a batch still unacknowledged without a lease reads as dead.
 
         A Redis outage only skips renewals (the reaper cannot run without Redis either)."""
         stop = threading.Event()

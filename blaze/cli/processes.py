@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
 from blaze.cli.render import cli_settings, setup_logging
 from pipelines.errors import ConfigError
 from pipelines.registry import DEVICE
+from pipelines.settings import RoutingStrategy
 
 MetricsPort = Annotated[
     int,
@@ -25,6 +26,7 @@ MetricsPort = Annotated[
         help="serve /metrics, /livez, /readyz here (0: a free port, recorded for blaze health)",
     ),
 ]
+STRATEGIES = get_args(RoutingStrategy)
 LogFormat = Annotated[str | None, typer.Option(help="text or json (default: settings)")]
 
 
@@ -95,8 +97,12 @@ def consume(
         typer.Option("--device", help="route only to these devices (repeatable; default: all)"),
     ] = None,
     strategy: Annotated[
-        str, typer.Option(help="least_outstanding or round_robin")
-    ] = "least_outstanding",
+        str | None,
+        typer.Option(
+            help="model_affinity, least_outstanding, round_robin, weighted, fastest or "
+            "power_of_two (default: settings; a model's own routing wins)"
+        ),
+    ] = None,
     loglevel: str = "INFO",
     metrics_port: MetricsPort = 0,
     log_format: LogFormat = None,
@@ -105,8 +111,8 @@ def consume(
     stop = threading.Event()  # SIGTERM during start-up still means a clean stop
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    if strategy not in ("least_outstanding", "round_robin"):
-        raise ConfigError(f"--strategy must be least_outstanding or round_robin, got {strategy!r}")
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     for d in device or []:
         if not DEVICE.match(d):
             raise ConfigError(f"--device must be 'cpu', 'cpu:N' or 'cuda:N', got {d!r}")
@@ -120,7 +126,7 @@ def consume(
         settings,
         devices=device,
         stop=stop,
-        strategy=strategy,  # type: ignore[arg-type]
+        strategy=strategy,
         registry=registry,
         metrics_port=metrics_port,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,13 @@ def with_models(settings: BlazeSettings, **models: dict[str, Any]) -> BlazeSetti
 
 def fleet(settings: BlazeSettings, **changes: Any) -> BlazeSettings:
     return settings.model_copy(update={"fleet": settings.fleet.model_copy(update=changes)})
+
+
+def until(check: Callable[[], bool], log: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
 
 
 def test_a_poison_job_is_dead_lettered_and_the_rest_of_its_batch_succeeds(
@@ -88,12 +96,14 @@ def test_an_engine_that_fails_every_batch_opens_its_breaker_and_closes_once_fixe
     )
     queue = settings.queue("llm", "cpu")
     breakers = Breakers(settings)
-    with running_intake(settings), Client(settings) as client, running_worker(settings):
+    log = tmp_path / "worker.log"
+    with running_intake(settings), Client(settings) as client, running_worker(settings, log):
         first = [LLMJob(model="faulty", prompt=f"a{i}") for i in range(2)]
         client.submit_many(first)
         done = client.wait([j.job_id for j in first], timeout=60)
         assert {s.state for s in done.values() if s} == {JobState.FAILED}
-        assert breakers.states([queue])[queue].state == "open"
+        until(lambda: breakers.states([queue])[queue].state == "open", log)
+        time.sleep(1.2)  # consumers read breakers once a second
         # while it is open, new jobs wait instead of failing
         waiting = [LLMJob(model="faulty", prompt=f"b{i}") for i in range(3)]
         client.submit_many(waiting)
@@ -104,7 +114,7 @@ def test_an_engine_that_fails_every_batch_opens_its_breaker_and_closes_once_fixe
         broken.unlink()  # fixed: the probe after the cooldown succeeds and closes it
         done = client.wait([j.job_id for j in waiting], timeout=60)
         assert {s.state for s in done.values() if s} == {JobState.SUCCEEDED}
-        assert breakers.states([queue])[queue].state == "closed"
+        until(lambda: breakers.states([queue])[queue].state == "closed", log)
     failed = {
         letter.body.get("job_id")
         for letter in connect.dead_letters(settings).read(idle_s=2)

@@ -5,8 +5,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from consumers.dispatch import MemoryDispatcher, Router
+from consumers.dispatch import MemoryDispatcher
 from consumers.intake import Intake
+from consumers.routing import Router
 from pipelines.jobs import DiffusionJob, LLMJob
 from pipelines.registry import ModelSpec, Registry
 from pipelines.settings import BlazeSettings
@@ -82,7 +83,10 @@ def job(jid: str, model: str = "tiny", **kw: Any) -> bytes:
     return LLMJob(job_id=jid, model=model, prompt="hi", **kw).model_dump_json().encode()
 
 
-SETTINGS = BlazeSettings(batch={"max_size": 3, "max_wait_s": 0.5, "max_queued_batches": 2})
+SETTINGS = BlazeSettings(
+    batch={"max_size": 3, "max_wait_s": 0.5, "max_queued_batches": 2},
+    fleet={"read_ahead_jobs": 3},  # pause as soon as a batch waits for room
+)
 TOPIC = SETTINGS.jobs_topic("llm")
 
 

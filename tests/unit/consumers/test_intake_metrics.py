@@ -3,9 +3,10 @@
 from dataclasses import dataclass
 from typing import Any
 
-from consumers.dispatch import MemoryDispatcher, Router
+from consumers.dispatch import MemoryDispatcher
 from consumers.intake import Intake
 from consumers.metrics import IntakeMetrics, MeteredDepth, reason_label
+from consumers.routing import Router
 from pipelines.observe import trace
 from pipelines.stores.deadletters_memory import MemoryDeadLetters
 from pipelines.stores.status_memory import MemoryStatusStore

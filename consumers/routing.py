@@ -17,8 +17,9 @@ Six strategies, per model (``routing`` in the registry) or per consumer (``fleet
 - ``power_of_two``: two random candidates, the one with fewer waiting batches;
 - ``model_affinity`` (default): a queue whose worker has the model loaded; else the queue a
   rendezvous hash of the model picks among the live ones (so a model stays where it was and
-  engine caches stop thrashing); when those are full, the least loaded candidate. Without any
-  heartbeat it falls back to ``least_outstanding``.
+  engine caches stop thrashing); when those are full, it spills to a queue with nothing
+  waiting (its worker would idle), and otherwise waits while other models' batches go.
+  Without any heartbeat it falls back to ``least_outstanding``.
 
 Heartbeats and breakers are read at most once per ``refresh_s`` (one snapshot per second), so
 routing adds no Redis round trip per batch beyond the queue depths it always read.
@@ -214,7 +215,9 @@ class Router:
             return None
         spec = self.registry.get(model)
         strategy = (spec.routing if spec else None) or self.strategy
-        return self._pick(strategy, kind, model, open_, eligible, depths)
+        if strategy == "model_affinity" and self.view.queues:
+            return self._affinity(model, open_, eligible, depths)
+        return self._pick(strategy, kind, model, open_, depths)
 
     def _probe(self, room: list[str]) -> str | None:
         """A queue whose open breaker is due a probe batch, if this router wins the slot."""
@@ -240,7 +243,6 @@ class Router:
         kind: str,
         model: str,
         cands: list[str],
-        eligible: list[str],
         depths: dict[str, int],
     ) -> str:
         def least() -> str:
@@ -268,7 +270,7 @@ class Router:
             return min(cands, key=lambda q: (wait(q), depths[q], cands.index(q)))
         if strategy == "weighted":
             return self._weighted(key, kind, model, cands)
-        return self._affinity(model, cands, eligible, depths) or least()
+        return least()  # least_outstanding, and model_affinity before any heartbeat
 
     def _weighted(self, key: str, kind: str, model: str, cands: list[str]) -> str:
         """Smooth weighted round robin (each pick: add every weight, take the largest credit,
@@ -292,12 +294,14 @@ class Router:
     def _affinity(
         self, model: str, cands: list[str], eligible: list[str], depths: dict[str, int]
     ) -> str | None:
+        """A queue whose workers hold the model, else the model's hash home; when those are
+        full, a queue about to run dry (nothing waiting) rather than one that would have to
+        swap models for nothing; else None: the batch waits while other models' go."""
         infos = self.view.queues
-        if not infos:
-            return None  # no heartbeats: least_outstanding
         holding = [q for q in eligible if model in infos.get(q, QueueInfo()).loaded]
         preferred = holding or rendezvous(model, eligible)[:1]
         free = [q for q in preferred if q in cands]
         if free:
             return min(free, key=lambda q: (depths[q], preferred.index(q)))
-        return None  # the preferred queues are full (or open): spill to the least loaded
+        idle = [q for q in cands if depths[q] == 0]
+        return rendezvous(model, idle)[0] if idle else None

@@ -16,8 +16,11 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
-def make_tiny_llm(target: Path, seed: int = 0, vocab_size: int = 320) -> Path:
-    """Write a tiny random Llama-style model and a trained byte-level tokenizer (under 1 s)."""
+def make_tiny_llm(
+    target: Path, seed: int = 0, vocab_size: int = 320, hidden_size: int = 32
+) -> Path:
+    """Write a tiny random Llama-style model and a trained byte-level tokenizer (under 1 s);
+    ``hidden_size`` 32 makes about 0.1 MB of weights, 128 about 1.4 MB."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -47,8 +50,8 @@ def make_tiny_llm(target: Path, seed: int = 0, vocab_size: int = 320) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

@@ -143,3 +143,22 @@ def test_a_job_whose_deadline_passes_in_a_worker_queue_is_not_run(
     assert st is not None and st.state is JobState.DEAD
     assert "passed while queued for a worker" in st.reason
     assert final[fine.job_id].state is JobState.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_urgent_jobs_overtake_a_backlog(settings: BlazeSettings, tmp_path: Path) -> None:
+    """2,000 jobs of priority 0 wait; 20 of priority 9 are submitted after them. The urgent
+    ones finish before 10 % of the backlog has."""
+    settings = with_models(settings, fast={"engine": "echo", "max_batch_size": 16})
+    backlog = [LLMJob(model="fast", prompt=f"b{i}", priority=0) for i in range(2000)]
+    urgent = [LLMJob(model="fast", prompt=f"u{i}", priority=9) for i in range(20)]
+    with running_intake(settings), Client(settings) as client:
+        client.submit_many(backlog)
+        client.submit_many(urgent)
+        with running_worker(settings, tmp_path / "worker.log"):
+            final = client.wait([j.job_id for j in backlog + urgent], timeout=300)
+    assert {s.state for s in final.values() if s} == {JobState.SUCCEEDED}
+    ended = {jid: s.times["succeeded"] for jid, s in final.items() if s}
+    last_urgent = max(ended[j.job_id] for j in urgent)
+    before = sum(ended[j.job_id] < last_urgent for j in backlog)
+    print(f"\n[priorities] backlog done when the last urgent job ended: {before / 20:.1f} %")
+    assert before < 200

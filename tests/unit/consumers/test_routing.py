@@ -107,8 +107,10 @@ def test_model_affinity_prefers_a_loaded_model_then_a_stable_hash_then_spills() 
     assert picks(r, "m2", 3) == [Q[1]] * 3  # where it is loaded
     home = rendezvous("m3", Q)[0]
     assert picks(r, "m3", 3) == [home] * 3  # loaded nowhere: the hash's choice, every time
-    disp.waiting = {Q[1]: 3}  # m2's queue is full: spill to the least loaded
-    assert r.choose("llm", "m2") == min((q for q in Q if q != Q[1]), key=Q.index)
+    disp.waiting = {Q[1]: 3}  # m2's queue is full: spill to one about to run dry
+    assert r.choose("llm", "m2") == rendezvous("m2", [Q[0], Q[2]])[0]
+    disp.waiting = {Q[0]: 1, Q[1]: 3, Q[2]: 2}  # and none is: wait, loading nothing
+    assert r.choose("llm", "m2") is None
     # a queue that goes away moves only the models it held
     assert rendezvous("m3", [q for q in Q if q != home])[0] in Q
 

@@ -471,6 +471,23 @@ class Stack:
             self._write_state(state)
         return stopped
 
+    def restart(self, name: str, timeout: float = 20.0) -> ServiceState:
+        """Stop one service (SIGTERM, then SIGKILL after ``timeout``) and start it again on
+        the same ports and data, waiting until it is healthy; the others keep running."""
+        services = {svc.name: svc for svc in self.services()}
+        if name not in services:
+            raise StackError(f"no service {name!r} in this stack (one of {sorted(services)})")
+        svc = services[name]
+        state = self._read_state()
+        pid = self._running(svc, state)
+        if pid is not None:
+            self._stop_pid(pid, svc.exe or svc.argv[0], timeout, group=svc.group)
+        deadline = time.monotonic() + timeout
+        while not all(port_free(p) for p in svc.ports) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.up()
+        return next(st for st in self.status() if st.name == name)
+
     @staticmethod
     def _stop_pid(pid: int, exe: str, timeout: float = 20.0, group: bool = False) -> None:
         # A service started in its own session leads a process group we own, so the group is

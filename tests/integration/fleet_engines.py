@@ -8,6 +8,7 @@ named by its ``source`` exists (a sick device), and answers like echo once it is
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,3 +46,18 @@ def poison(settings: BlazeSettings, spec: ModelSpec) -> Any:
 
 def faulty(settings: BlazeSettings, spec: ModelSpec) -> Any:
     return Faulty(spec.name, Path(spec.source or "/nonexistent"))
+
+
+class Slow(EchoEngine):
+    """Echo that takes ``SLOW_S`` per job, so that batches are in flight when a kill lands."""
+
+    def run(self, batch: Sequence[LLMJob]) -> list[Output]:
+        time.sleep(SLOW_S * len(batch))
+        return super().run(batch)
+
+
+SLOW_S = 0.03
+
+
+def slow(settings: BlazeSettings, spec: ModelSpec) -> Any:
+    return Slow(spec.name)

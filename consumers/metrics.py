@@ -29,6 +29,7 @@ def reason_label(reason: str) -> str:
         ("unknown", "unknown_model"),
         ("deadline", "deadline"),
         ("empty", "empty"),
+        ("worker died", "worker_died"),
     ):
         if text.startswith(prefix):
             return label
@@ -99,6 +100,24 @@ class IntakeMetrics:
         )
         self.group_joined = Gauge(
             "blaze_consumer_group_joined", "1 once the consumer holds partitions", registry=r
+        )
+        self.breaker = Gauge(
+            "blaze_breaker_state",
+            "Circuit breaker of a worker queue: 0 closed, 1 half-open (probing), 2 open",
+            ["queue"],
+            registry=r,
+        )
+        self.reaped = Counter(
+            "blaze_batches_returned",
+            "Batches of dead workers sent back to their queue by the reaper",
+            ["queue"],
+            registry=r,
+        )
+        self.poisoned = Counter(
+            "blaze_jobs_poisoned",
+            "Jobs sent back alone (split) or dead-lettered after their workers died",
+            ["outcome"],
+            registry=r,
         )
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import redis
 
 from consumers.dispatch import Dispatcher
+from consumers.metrics import IntakeMetrics
 from pipelines.fleet import Breakers, Leases
 from pipelines.settings import BlazeSettings
 from pipelines.stores.deadletters import DeadLetter, DeadLetterStore
@@ -99,6 +100,7 @@ class Reaper:
         dead_letters: DeadLetterStore,
         client: redis.Redis | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: IntakeMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = settings.fleet
@@ -111,6 +113,7 @@ class Reaper:
         self.clock = clock
         self.lock = f"{settings.namespace}:reaper"
         self.stats = ReapStats()
+        self.metrics = metrics
         self._next = 0.0
 
     def maybe_reap(self) -> int:
@@ -171,9 +174,14 @@ class Reaper:
         pipe.hdel(UNACKED, taken.tag)
         pipe.zrem(UNACKED_INDEX, taken.tag)
         pipe.execute()
+        split = len(alone) if len(parts) > 1 else 0
         self.stats.returned += 1
-        self.stats.split += len(alone) if len(parts) > 1 else 0
+        self.stats.split += split
         self.stats.dead += len(dead)
+        if self.metrics is not None:
+            self.metrics.reaped.labels(taken.queue).inc()
+            self.metrics.poisoned.labels("alone").inc(split)
+            self.metrics.poisoned.labels("dead_lettered").inc(len(dead))
         self.stats.recent = [
             *self.stats.recent[-19:],
             {

@@ -71,6 +71,7 @@ class FleetView:
     breakers: Breakers | None = None
     refresh_s: float = 1.0
     clock: Callable[[], float] = time.monotonic
+    on_refresh: Callable[[FleetView], None] | None = None
     queues: dict[str, QueueInfo] = field(default_factory=dict)
     states: dict[str, Breaker] = field(default_factory=dict)
     _at: float = -1e18
@@ -87,6 +88,9 @@ class FleetView:
                 self.states = self.breakers.states(all_queues)
         except (redis.RedisError, OSError) as exc:
             log.warning("routing: fleet state not refreshed (%s); using the last one", exc)
+            return
+        if self.on_refresh is not None:
+            self.on_refresh(self)
 
     def breaker(self, queue: str) -> Breaker:
         return self.states.get(queue) or Breaker(queue)

@@ -75,6 +75,19 @@ def make_consumer(settings: BlazeSettings, listener: ConsumerRebalanceListener) 
     return consumer
 
 
+def _gauges(metrics: IntakeMetrics | None) -> Callable[[FleetView], None] | None:
+    """Breaker states as gauges, set from every fleet snapshot the router reads."""
+    if metrics is None:
+        return None
+    code = {"closed": 0, "half_open": 1, "open": 2}
+
+    def set_gauges(view: FleetView) -> None:
+        for queue, b in view.states.items():
+            metrics.breaker.labels(queue).set(code[b.state])
+
+    return set_gauges
+
+
 def run_intake(
     settings: BlazeSettings,
     devices: Sequence[str] | None = None,
@@ -113,14 +126,14 @@ def run_intake(
     depth: QueueDepth = RedisQueueDepth(settings)
     if metrics is not None:
         depth = MeteredDepth(depth, metrics)
-    view = FleetView(HeartbeatStore(settings), Breakers(settings))
+    view = FleetView(HeartbeatStore(settings), Breakers(settings), on_refresh=_gauges(metrics))
     router = Router(settings, registry, depth, strategy, only_devices=devices, view=view)
     listener = _Listener()
     consumer = make_consumer(settings, listener)
     dead = connect.dead_letters(settings)
     status = connect.status_store(settings)
     dispatcher = dispatcher or CeleryDispatcher(settings)
-    reaper = Reaper(settings, dispatcher, status, dead)
+    reaper = Reaper(settings, dispatcher, status, dead, metrics=metrics)
     intake = Intake(
         settings,
         consumer,

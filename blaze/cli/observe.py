@@ -23,21 +23,37 @@ def workers(
     as_json: bool = JsonFlag,
     all_: bool = typer.Option(False, "--all", help="also list gone workers"),
 ) -> None:
-    """Workers from their heartbeats: alive, stale (silent past the window) or gone."""
+    """Workers from their heartbeats: alive, stale (silent past the window) or gone, with the
+    circuit breakers of the queues they serve."""
+    from pipelines.fleet import Breakers
     from pipelines.observe.heartbeats import HeartbeatStore
 
     settings = cli_settings()
     store = HeartbeatStore(settings)
     try:
         seen = [s for s in store.seen("worker") if all_ or s.state != "gone"]
+        queues = sorted({str(q) for s in seen for q in s.beat.info.get("queues") or []})
+        breakers = Breakers(settings, store.client).states(queues)
     finally:
         store.close()
     if as_json:
-        docs = [{"state": s.state, "age_s": round(s.age_s, 1), **asdict(s.beat)} for s in seen]
+        docs = [
+            {
+                "state": s.state,
+                "age_s": round(s.age_s, 1),
+                **asdict(s.beat),
+                "breakers": {
+                    q: asdict(breakers[q]) for q in s.beat.info.get("queues") or [] if q in breakers
+                },
+            }
+            for s in seen
+        ]
         out.print_json(json.dumps(docs))
         return
     now = time.time()
-    table = Table("worker", "state", "last beat", "device", "models", "batch", "last batch")
+    table = Table(
+        "worker", "state", "last beat", "device", "models", "batch", "last batch", "breaker"
+    )
     for s in seen:
         info = s.beat.info
         models = ", ".join(f"{m} ({megabytes(b)})" for m, b in (info.get("models") or {}).items())
@@ -57,8 +73,23 @@ def workers(
             )
             if last
             else "",
+            breaker_text(
+                [breakers[q] for q in info.get("queues") or [] if q in breakers], settings, now
+            ),
         )
     out.print(table if seen else "no workers have beaten in the last day")
+
+
+def breaker_text(states: list[Any], settings: Any, now: float) -> str:
+    """``closed``, or each queue whose breaker is not closed with why and since when."""
+    bad = [b for b in states if b.state != "closed"]
+    if not bad:
+        return "closed"
+    return "; ".join(
+        f"[red]{b.queue.removeprefix(settings.namespace + '.')} {b.state}[/] "
+        f"({b.failures} failures, {ago(b.opened_at, now)}: {b.reason[:80]})"
+        for b in bad
+    )
 
 
 def probe(url: str, timeout_s: float = 3.0) -> tuple[bool, dict[str, Any]]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,6 +20,7 @@ from pipelines.jobs import LLMJob
 from pipelines.settings import BlazeSettings
 from pipelines.stores import connect
 from pipelines.stores.status import JobState
+from tests.conftest import settings_env
 from tests.integration.conftest import Supervisor, running_intake, running_worker
 from tests.integration.fleet_engines import MARKER
 
@@ -103,6 +107,17 @@ def test_an_engine_that_fails_every_batch_opens_its_breaker_and_closes_once_fixe
         done = client.wait([j.job_id for j in first], timeout=60)
         assert {s.state for s in done.values() if s} == {JobState.FAILED}
         until(lambda: breakers.states([queue])[queue].state == "open", log)
+        shown = subprocess.run(
+            [sys.executable, "-m", "blaze", "workers", "--json"],
+            env=settings_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        (worker,) = json.loads(shown.stdout)
+        assert worker["breakers"][queue]["state"] == "open"
+        assert "engine failed the whole batch" in worker["breakers"][queue]["reason"]
         time.sleep(1.2)  # consumers read breakers once a second
         # while it is open, new jobs wait instead of failing
         waiting = [LLMJob(model="faulty", prompt=f"b{i}") for i in range(3)]

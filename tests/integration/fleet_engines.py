@@ -61,3 +61,29 @@ SLOW_S = 0.03
 
 def slow(settings: BlazeSettings, spec: ModelSpec) -> Any:
     return Slow(spec.name)
+
+
+class Lost(EchoEngine):
+    """A device that fails while the file named by ``source`` exists, and then cannot load
+    the model again in the same process."""
+
+    loads = 0
+
+    def __init__(self, name: str, broken_while: Path) -> None:
+        super().__init__(name)
+        self.broken_while = broken_while
+
+    def load(self, device: str) -> None:
+        Lost.loads += 1
+        if Lost.loads > 1 and self.broken_while.exists():
+            raise RuntimeError("no CUDA-capable device is detected")
+        super().load(device)
+
+    def run(self, batch: Sequence[LLMJob]) -> list[Output]:
+        if self.broken_while.exists():
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().run(batch)
+
+
+def lost(settings: BlazeSettings, spec: ModelSpec) -> Any:
+    return Lost(spec.name, Path(spec.source or "/nonexistent"))

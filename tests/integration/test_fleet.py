@@ -177,3 +177,28 @@ def test_urgent_jobs_overtake_a_backlog(settings: BlazeSettings, tmp_path: Path)
     before = sum(ended[j.job_id] < last_urgent for j in backlog)
     print(f"\n[priorities] backlog done when the last urgent job ended: {before / 20:.1f} %")
     assert before < 200
+
+
+def test_a_worker_whose_device_will_not_reload_stops_and_its_batch_waits_for_another(
+    settings: BlazeSettings, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.touch()
+    settings = with_models(
+        fleet(settings, engine_retries=1, retry_backoff_s=0.1),
+        gpu={"engine": f"{ENGINES}:lost", "source": str(broken)},
+    )
+    log = tmp_path / "worker-1.log"
+    jobs = [LLMJob(model="gpu", prompt=f"g{i}") for i in range(3)]
+    ids = [j.job_id for j in jobs]
+    with running_intake(settings), Client(settings) as client:
+        with running_worker(settings, log) as proc:
+            client.submit_many(jobs)
+            assert proc.wait(60) == 3, log.read_text()[-3000:]
+        text = log.read_text()
+        assert "device lost" in text and "reload failed" in text
+        assert not any(s and s.state.terminal for s in client.status(ids).values())
+        broken.unlink()  # a new worker (or the same after a supervisor restart) on a good device
+        with running_worker(settings, tmp_path / "worker-2.log"):
+            final = client.wait(ids, timeout=60)
+    assert {s.state for s in final.values() if s} == {JobState.SUCCEEDED}

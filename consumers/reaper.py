@@ -133,16 +133,34 @@ class Reaper:
         hold_ms = int(1000 * self.fleet.reap_every_s * 0.9) or 1
         if not self.client.set(self.lock, "1", nx=True, px=hold_ms):
             return 0  # another consumer looks this time
-        dead = self.dead_batches()
+        dead, slow = self.dead_batches()
         for taken in dead:
             self.send_back(taken)
+        for taken in slow:
+            self._overdue(taken)
         return len(dead)
 
-    def dead_batches(self) -> list[Taken]:
-        """Batches taken more than ``lease_s`` ago whose worker holds no lease."""
+    def _overdue(self, taken: Taken) -> None:
+        """A batch past ``batch_timeout_s`` whose worker is alive: no progress, one failure
+        on its queue's breaker (once per batch); it keeps running."""
+        marker = f"{self.settings.namespace}:overdue:{taken.batch_id}"
+        if self.client.set(marker, "1", nx=True, ex=int(self.fleet.batch_timeout_s) + 3600):
+            self.breakers.record(
+                taken.queue, False, f"a batch ran past {self.fleet.batch_timeout_s:.0f} s"
+            )
+            log.warning(
+                "batch %s on %s has run %.0f s (past batch_timeout_s)",
+                taken.batch_id,
+                taken.queue,
+                self.clock() - taken.taken_at,
+            )
+
+    def dead_batches(self) -> tuple[list[Taken], list[Taken]]:
+        """Batches taken more than ``lease_s`` ago whose worker holds no lease (dead), and
+        those held longer than ``batch_timeout_s`` (overdue)."""
         raw = self.client.hgetall(UNACKED)
         if not raw:
-            return []
+            return [], []
         scores: list[tuple[bytes, float]] = self.client.zrange(  # type: ignore[assignment]
             UNACKED_INDEX, 0, -1, withscores=True
         )
@@ -150,7 +168,10 @@ class Reaper:
         taken = read_taken(raw, index, f"{self.settings.namespace}.")
         old = [t for t in taken if self.clock() - t.taken_at > self.fleet.lease_s]
         holders = self.leases.holders([t.batch_id for t in old])
-        return [t for t in old if holders.get(t.batch_id) is None]
+        dead = [t for t in old if holders.get(t.batch_id) is None]
+        limit = self.fleet.batch_timeout_s
+        slow = [t for t in old if t not in dead and self.clock() - t.taken_at > limit]
+        return dead, slow
 
     def send_back(self, taken: Taken) -> None:
         jobs = [j for j in taken.payload.get("jobs") or [] if isinstance(j, dict)]

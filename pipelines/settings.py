@@ -169,6 +169,11 @@ class FleetSettings(_Group):
         description="a running batch whose worker stopped renewing it this long goes back",
     )
     reap_every_s: float = Field(default=2.0, gt=0, le=60, description="how often leases are read")
+    batch_timeout_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="a batch running longer counts as a failure on its queue's breaker",
+    )
     alone_after_deaths: int = Field(
         default=2, ge=1, le=100, description="a job whose worker died this often runs alone"
     )

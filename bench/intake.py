@@ -23,18 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchkit import stop, wait_for
+
 from infra.stack import Stack, free_stack_ports
 from pipelines.client import Client
 from pipelines.jobs import LLMJob
 from pipelines.settings import BlazeSettings
-
-
-def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"bench: {log.name} never said {text!r}:\n{log.read_text()[-2000:]}")
-        time.sleep(0.1)
 
 
 def run_once(
@@ -107,14 +101,7 @@ def run_once(
             "seconds": round(elapsed, 2),
         }
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs, 30)
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchkit import stop, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from blaze.dev.tiny_models import make_tiny_llm
@@ -37,14 +37,6 @@ from pipelines.settings import BlazeSettings, RoutingStrategy
 
 STRATEGIES = list(RoutingStrategy.__args__)  # type: ignore[attr-defined]
 DEVICES = ["cpu:0", "cpu:1", "cpu:2"]
-
-
-def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"bench: {log.name} never said {text!r}:\n{log.read_text()[-2000:]}")
-        time.sleep(0.1)
 
 
 def model_loads(settings: BlazeSettings) -> int:
@@ -109,14 +101,7 @@ def run_strategy(
         ok = sum(s.state.value == "succeeded" for s in final.values())
         return {"loads": model_loads(settings), "seconds": round(seconds, 2), "succeeded": ok}
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
 
 def main() -> None:

@@ -16,12 +16,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchkit import stop, wait_for
 
 from infra.stack import Stack, free_stack_ports
 from pipelines.client import Client
@@ -34,14 +35,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"bench: {log.name} never said {text!r}:\n{log.read_text()[-2000:]}")
-        time.sleep(0.1)
 
 
 def main() -> None:
@@ -119,14 +112,7 @@ def main() -> None:
         }
         print(json.dumps(out))
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs.values())
         stack.down()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -146,3 +146,21 @@ def test_gateway_benchmark_prints_its_figures_last() -> None:
     assert figures["jobs_checked"] == 600
     for name in ("bulk_jobs_per_s", "single_jobs_per_s", "p50_ms", "p99_ms"):
         assert figures[name] > 0
+
+
+def test_routing_and_soak_benchmarks_print_their_figures_last() -> None:
+    def run(*args: str) -> dict[str, object]:
+        res = subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        figures: dict[str, object] = json.loads(res.stdout.strip().splitlines()[-1])
+        return figures
+
+    routing = run("bench/routing.py", "--jobs", "48", "--strategies", "model_affinity,round_robin")
+    for name in ("model_affinity", "round_robin"):
+        got = routing[name]
+        assert isinstance(got, dict) and got["succeeded"] == 48 and got["loads"] >= 1
+    assert "rr_over_affinity_loads" in routing
+    soak = run("bench/soak.py", "--jobs", "300", "--chunk", "100", "--in-flight", "200")
+    assert soak["succeeded"] == 300 and set(soak["growth"]) == {"worker", "consumer"}  # type: ignore[arg-type]

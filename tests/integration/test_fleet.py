@@ -50,7 +50,9 @@ def test_a_poison_job_is_dead_lettered_and_the_rest_of_its_batch_succeeds(
     """A job that kills its worker (os._exit) is tried alone after 2 deaths and dead-lettered
     after 3; the other jobs of its batch succeed and the restarted worker serves new batches.
     Celery's visibility timeout stays at its default (an hour): the leases bring it back."""
-    settings = with_models(fleet(settings, lease_s=4), poison={"engine": f"{ENGINES}:poison"})
+    settings = with_models(
+        fleet(settings, lease_s=3, reap_every_s=0.5), poison={"engine": f"{ENGINES}:poison"}
+    )
     assert settings.worker.visibility_timeout_s == 3600
     jobs = [LLMJob(model="poison", prompt=f"job {i}") for i in range(7)]
     jobs.insert(3, LLMJob(model="poison", prompt=MARKER))
@@ -92,7 +94,7 @@ def test_an_engine_that_fails_every_batch_opens_its_breaker_and_closes_once_fixe
         fleet(
             settings,
             breaker_failures=2,
-            breaker_cooldown_s=3,
+            breaker_cooldown_s=10,
             engine_retries=1,
             retry_backoff_s=0.1,
         ),
@@ -107,6 +109,14 @@ def test_an_engine_that_fails_every_batch_opens_its_breaker_and_closes_once_fixe
         done = client.wait([j.job_id for j in first], timeout=60)
         assert {s.state for s in done.values() if s} == {JobState.FAILED}
         until(lambda: breakers.states([queue])[queue].state == "open", log)
+        time.sleep(1.2)  # consumers read breakers once a second
+        # while it is open, new jobs wait instead of failing
+        waiting = [LLMJob(model="faulty", prompt=f"b{i}") for i in range(3)]
+        client.submit_many(waiting)
+        time.sleep(1.5)
+        assert {s.state for s in client.status([j.job_id for j in waiting]).values() if s} <= {
+            JobState.QUEUED
+        }
         shown = subprocess.run(
             [sys.executable, "-m", "blaze", "workers", "--json"],
             env=settings_env(settings),
@@ -118,14 +128,6 @@ def test_an_engine_that_fails_every_batch_opens_its_breaker_and_closes_once_fixe
         (worker,) = json.loads(shown.stdout)
         assert worker["breakers"][queue]["state"] == "open"
         assert "engine failed the whole batch" in worker["breakers"][queue]["reason"]
-        time.sleep(1.2)  # consumers read breakers once a second
-        # while it is open, new jobs wait instead of failing
-        waiting = [LLMJob(model="faulty", prompt=f"b{i}") for i in range(3)]
-        client.submit_many(waiting)
-        time.sleep(1.5)
-        assert {s.state for s in client.status([j.job_id for j in waiting]).values() if s} <= {
-            JobState.QUEUED
-        }
         broken.unlink()  # fixed: the probe after the cooldown succeeds and closes it
         done = client.wait([j.job_id for j in waiting], timeout=60)
         assert {s.state for s in done.values() if s} == {JobState.SUCCEEDED}

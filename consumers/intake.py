@@ -204,9 +204,9 @@ class Intake:
             self._ready(batch for _, batch in self.batcher.due(self._can_start))
         else:
             # While batches wait for room, open ones keep filling: leaving now gains nothing,
-            # unless they are more urgent than every waiting batch (they go to the front).
-            top = self.ready[0][0].job.priority
-            urgent = self.batcher.due(only=lambda entries: entries[0].job.priority > top)
+            # unless they would overtake some waiting batch (they go ahead of it).
+            bottom = self.ready[-1][0].job.priority
+            urgent = self.batcher.due(only=lambda entries: entries[0].job.priority > bottom)
             self._ready(batch for _, batch in urgent)
         self._pump()
         self.commit()

@@ -333,3 +333,25 @@ def test_batched_events_are_published_before_the_batch_is_handed_to_a_worker() -
     src = FakeSource([{"p0": [Rec(TOPIC, 0, i, job(f"j{i}")) for i in range(3)]}])
     Intake(SETTINGS, src, disp, MemoryDeadLetters(), status, router, REGISTRY, Clock()).step()
     assert order == [f"batched j{i}" for i in range(3)] + [f"dispatched j{i}" for i in range(3)]
+
+
+def test_urgent_batches_go_first_and_an_urgent_partial_one_does_not_wait_to_fill() -> None:
+    # tiny2 runs on cpu only; batches of 3; the queue takes 2
+    routine = [job(f"r{i}", "tiny2", priority=0) for i in range(9)]
+    urgent = [job(f"u{i}", "tiny2", priority=9) for i in range(4)]
+    later = {"p0": [Rec(TOPIC, 0, 9 + i, v) for i, v in enumerate(urgent)]}
+    src = FakeSource([recs(routine), later])
+    clock = Clock()
+    intake, disp, _, _ = make(SETTINGS, src, clock)
+    intake.step()  # two routine batches sent, the third waits (intake pauses: read-ahead 3)
+    assert [p["jobs"][0]["job_id"] for _, p in disp.sent] == ["r0", "r3"]
+    src.paused_parts.clear()  # as if the read-ahead were larger: the urgent jobs are read
+    intake.step()
+    assert [b[0].job.job_id for b in intake.ready] == ["u0", "r6"]  # the full urgent one first
+    clock.now = 2.0  # far past the window: the urgent partial leaves, a routine one would not
+    intake.step()
+    assert [b[0].job.job_id for b in intake.ready] == ["u0", "u3", "r6"]
+    disp.waiting[SETTINGS.queue("llm", "cpu")] = 0  # the worker took both
+    intake.step()
+    assert [p["jobs"][0]["job_id"] for _, p in disp.sent][2:] == ["u0", "u3"]
+    assert disp.sent[2][1]["priority"] == 9

@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -56,14 +56,6 @@ class Taken:
     @property
     def batch_id(self) -> str:
         return str(self.payload.get("batch_id") or self.tag)
-
-
-@dataclass
-class ReapStats:
-    returned: int = 0  # batches sent back
-    split: int = 0  # jobs sent back alone
-    dead: int = 0  # jobs dead-lettered
-    recent: list[dict[str, Any]] = field(default_factory=list)
 
 
 def read_taken(raw: dict[Any, Any], index: dict[str, float], prefix: str) -> list[Taken]:
@@ -112,7 +104,6 @@ class Reaper:
         self.dead_letters = dead_letters
         self.clock = clock
         self.lock = f"{settings.namespace}:reaper"
-        self.stats = ReapStats()
         self.metrics = metrics
         self._next = 0.0
 
@@ -166,11 +157,12 @@ class Reaper:
         )
         index = {t.decode(): float(s) for t, s in scores}
         taken = read_taken(raw, index, f"{self.settings.namespace}.")
-        old = [t for t in taken if self.clock() - t.taken_at > self.fleet.lease_s]
+        now = self.clock()
+        old = [t for t in taken if now - t.taken_at > self.fleet.lease_s]
         holders = self.leases.holders([t.batch_id for t in old])
         dead = [t for t in old if holders.get(t.batch_id) is None]
         limit = self.fleet.batch_timeout_s
-        slow = [t for t in old if t not in dead and self.clock() - t.taken_at > limit]
+        slow = [t for t in old if holders.get(t.batch_id) and now - t.taken_at > limit]
         return dead, slow
 
     def send_back(self, taken: Taken) -> None:
@@ -196,24 +188,10 @@ class Reaper:
         pipe.zrem(UNACKED_INDEX, taken.tag)
         pipe.execute()
         split = len(alone) if len(parts) > 1 else 0
-        self.stats.returned += 1
-        self.stats.split += split
-        self.stats.dead += len(dead)
         if self.metrics is not None:
             self.metrics.reaped.labels(taken.queue).inc()
             self.metrics.poisoned.labels("alone").inc(split)
             self.metrics.poisoned.labels("dead_lettered").inc(len(dead))
-        self.stats.recent = [
-            *self.stats.recent[-19:],
-            {
-                "batch_id": taken.batch_id,
-                "queue": taken.queue,
-                "jobs": len(jobs),
-                "alone": len(alone),
-                "dead": len(dead),
-                "at": self.clock(),
-            },
-        ]
         log.warning(
             "worker of batch %s on %s died: %d jobs sent back (%d alone), %d dead-lettered",
             taken.batch_id,

@@ -76,7 +76,9 @@ class FleetView:
     states: dict[str, Breaker] = field(default_factory=dict)
     _at: float = -1e18
 
-    def refresh(self, all_queues: Sequence[str]) -> None:
+    def refresh(self, all_queues: Callable[[], Sequence[str]]) -> None:
+        """Read heartbeats and the breakers of ``all_queues()`` unless read within
+        ``refresh_s`` (the queue list is only built when they are read)."""
         now = self.clock()
         if now - self._at < self.refresh_s:
             return
@@ -85,7 +87,7 @@ class FleetView:
             if self.heartbeats is not None:
                 self.queues = _queue_infos(self.heartbeats)
             if self.breakers is not None:
-                self.states = self.breakers.states(all_queues)
+                self.states = self.breakers.states(all_queues())
         except (redis.RedisError, OSError) as exc:
             log.warning("routing: fleet state not refreshed (%s); using the last one", exc)
             return
@@ -206,7 +208,7 @@ class Router:
         queues = self.queues_for(kind, model)
         if not queues:
             return None
-        self.view.refresh(self.all_queues())
+        self.view.refresh(self.all_queues)
         live = [q for q in queues if self.view.queues.get(q, QueueInfo()).workers]
         eligible = live or queues  # no heartbeat at all: trust the registry
         depths = self.depth.depth(queues)

@@ -12,15 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_intake_benchmark_prints_its_figures_last() -> None:
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "intake.py"), "--jobs", "120", "--batch", "16"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    figures = json.loads(res.stdout.strip().splitlines()[-1])
+    figures = last_line_figures("bench/intake.py", "--jobs", "120", "--batch", "16")
     assert figures["succeeded"] == 120 and figures["jobs_per_s"] > 0
     assert 0 < figures["batch_fill"] <= 1
 
@@ -148,15 +140,18 @@ def test_gateway_benchmark_prints_its_figures_last() -> None:
         assert figures[name] > 0
 
 
-def test_routing_and_soak_benchmarks_print_their_figures_last() -> None:
-    def run(*args: str) -> dict[str, object]:
-        res = subprocess.run(
-            [sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT
-        )
-        assert res.returncode == 0, res.stderr[-3000:]
-        figures: dict[str, object] = json.loads(res.stdout.strip().splitlines()[-1])
-        return figures
+def last_line_figures(*args: str) -> dict[str, object]:
+    """Run ``python ARGS`` from the repository root; the JSON object its last line prints."""
+    res = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures: dict[str, object] = json.loads(res.stdout.strip().splitlines()[-1])
+    return figures
 
+
+def test_routing_and_soak_benchmarks_print_their_figures_last() -> None:
+    run = last_line_figures
     routing = run("bench/routing.py", "--jobs", "48", "--strategies", "model_affinity,round_robin")
     for name in ("model_affinity", "round_robin"):
         got = routing[name]

@@ -535,7 +535,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     ap.add_argument("--model-dir", default=None, help="an LLM folder (default: the demo model)")
     ap.add_argument("--contenders", default="direct,blaze,naive,ray")
     ap.add_argument("--blaze-workers", type=int, default=2, help="worker processes (2 cores)")

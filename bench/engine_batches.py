@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2, help="repetitions; the median is reported")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     ap.add_argument("--model-dir", type=Path, default=None, help="a from_pretrained LLM folder")
     ap.add_argument("--diffusion-sizes", default="1,4,8", help="comma-separated batch sizes")
     ap.add_argument("--diffusion-dir", type=Path, default=None, help="a diffusers pipeline folder")

@@ -31,10 +31,31 @@ from pipelines.jobs import LLMJob
 from pipelines.settings import BlazeSettings
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(procs: dict[str, list[int]]) -> dict[str, float]:
+    return {name: sum(cpu_seconds(p) for p in pids) for name, pids in procs.items()}
+
+
 def run_once(
-    settings: BlazeSettings, logs: Path, args: argparse.Namespace, namespace: str, metrics: bool
+    settings: BlazeSettings,
+    logs: Path,
+    args: argparse.Namespace,
+    namespace: str,
+    metrics: bool,
+    services: dict[str, list[int]] | None = None,
 ) -> dict[str, object]:
-    """One measured run on a fresh namespace: start workers and a consumer, submit, wait."""
+    """One measured run on a fresh namespace: start workers and a consumer, submit, wait.
+
+    Also where the CPU went: milliseconds per job of this process (the SDK: submit and wait),
+    the consumer, the workers and each service of ``services``, over the timed part."""
     settings = settings.model_copy(
         update={
             "namespace": namespace,
@@ -42,7 +63,13 @@ def run_once(
         }
     )
     env = {**os.environ, **settings.to_env()}
-    cli = [sys.executable, "-m", "blaze"]
+
+    def cli(name: str) -> list[str]:
+        if args.profile:  # cProfile every Blaze process (slower; for where the time goes)
+            out = Path(args.profile) / f"{namespace}-{name}.prof"
+            return [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "blaze"]
+        return [sys.executable, "-m", "blaze"]
+
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for i in range(args.workers):
@@ -50,7 +77,7 @@ def run_once(
             with log.open("wb") as fh:
                 procs.append(
                     subprocess.Popen(
-                        [*cli, "worker", "--device", "cpu"],
+                        [*cli(f"worker{i}"), "worker", "--device", "cpu"],
                         env=env,
                         stdout=fh,
                         stderr=subprocess.STDOUT,
@@ -60,7 +87,7 @@ def run_once(
         clog = logs / f"{namespace}-consumer.log"
         with clog.open("wb") as fh:
             consumer = subprocess.Popen(
-                [*cli, "consume"], env=env, stdout=fh, stderr=subprocess.STDOUT
+                [*cli("consumer"), "consume"], env=env, stdout=fh, stderr=subprocess.STDOUT
             )
         procs.append(consumer)
         wait_for(clog, "intake joined group", consumer)
@@ -71,11 +98,19 @@ def run_once(
             jobs = [
                 LLMJob(model="noop", prompt=f"job {i}", max_new_tokens=1) for i in range(args.jobs)
             ]
+            pids = {
+                **(services or {}),
+                "sdk": [os.getpid()],
+                "consumer": [consumer.pid],
+                "workers": [p.pid for p in procs[:-1]],
+            }
+            cpu0 = cpu_now(pids)
             t0 = time.perf_counter()
             handles = client.submit_many(jobs)
             t_submit = time.perf_counter() - t0
             final = client.wait([h.job_id for h in handles], timeout=600, poll_s=0.05)
             elapsed = time.perf_counter() - t0
+            cpu1 = cpu_now(pids)
         ok = sum(s.state.value == "succeeded" for s in final.values())
         consumer.send_signal(signal.SIGTERM)
         consumer.wait(60)
@@ -99,6 +134,9 @@ def run_once(
             "batches": batches,
             "pauses": stats.get("pauses", 0),
             "seconds": round(elapsed, 2),
+            "cpu_ms_per_job": {
+                k: round(1000 * (cpu1[k] - cpu0[k]) / args.jobs, 3) for k in sorted(cpu0)
+            },
         }
     finally:
         stop(procs, 30)
@@ -117,6 +155,9 @@ def main() -> None:
         help="metrics, probes and heartbeats on, off, or both interleaved (their cost)",
     )
     ap.add_argument("--rounds", type=int, default=3, help="rounds of on/off with --metrics both")
+    ap.add_argument(
+        "--profile", metavar="DIR", help="cProfile the consumer and workers into DIR/*.prof"
+    )
     args = ap.parse_args()
     for name in ("jobs", "batch", "workers", "rounds"):
         if getattr(args, name) < 1:
@@ -139,16 +180,17 @@ def main() -> None:
     try:
         stack.up()
         settings = stack.settings  # with the credentials the stack generated
+        services = {st.name: [st.pid] for st in stack.status() if st.pid is not None}
         logs = tmp / "logs"
         logs.mkdir()
         if args.metrics != "both":
-            result = run_once(settings, logs, args, "bench", args.metrics == "on")
+            result = run_once(settings, logs, args, "bench", args.metrics == "on", services)
         else:
             runs: dict[bool, list[dict[str, object]]] = {True: [], False: []}
             for r in range(args.rounds):
                 # alternate which goes first, so drift in the machine hits both alike
                 for on in (True, False) if r % 2 == 0 else (False, True):
-                    got = run_once(settings, logs, args, f"bench{r}{int(on)}", on)
+                    got = run_once(settings, logs, args, f"bench{r}{int(on)}", on, services)
                     runs[on].append(got)
                     print(
                         f"round {r + 1} metrics {'on ' if on else 'off'}: "

@@ -25,6 +25,7 @@ from consumers.dispatch import Dispatcher
 from consumers.metrics import IntakeMetrics, reason_label
 from consumers.offsets import OffsetTracker
 from consumers.routing import Router
+from consumers.slo import SloSizer
 from pipelines.errors import ServiceUnavailable
 from pipelines.jobs import (
     JOB_KINDS,
@@ -124,6 +125,8 @@ class Intake:
         registry: Known models and their batch limits.
         clock: Monotonic clock for batching deadlines.
         metrics: Where counts and gauges go (None: no metrics).
+        sizer: Batch limits of models with a latency target (``max_latency_s``); without
+            one, such models batch with their ceiling and half the target as the window.
     """
 
     def __init__(
@@ -137,8 +140,10 @@ class Intake:
         registry: Registry,
         clock: Callable[[], float] = time.monotonic,
         metrics: IntakeMetrics | None = None,
+        sizer: SloSizer | None = None,
     ) -> None:
         self.settings = settings
+        self.sizer = sizer
         self.metrics = metrics
         self._observed_at = float("-inf")
         self.source = source
@@ -183,8 +188,7 @@ class Intake:
                 if isinstance(parsed, DeadLetter):
                     letters.append((parsed, tp, rec.offset))
                     continue
-                spec = self.registry.get(parsed.model)
-                size, wait_s = spec.batch_limits(self.settings) if spec else (None, None)
+                size, wait_s = self._limits(parsed.model)
                 tp_header = header(rec, trace.HEADER)
                 entry = Entry(
                     parsed,
@@ -237,6 +241,19 @@ class Intake:
             self.router.depth.depth(self.router.all_queues())
         except ServiceUnavailable as exc:
             log.warning("queue depths: %s", exc)
+
+    def _limits(self, model: str) -> tuple[int | None, float | None]:
+        """(max size, max wait) of a new batch of ``model``: the registry's, or from its
+        latency target (``consumers.slo``)."""
+        spec = self.registry.get(model)
+        if spec is None:
+            return None, None
+        size, wait = spec.batch_limits(self.settings)
+        if spec.max_latency_s is None:
+            return size, wait
+        if self.sizer is None:
+            return size, max(0.001, spec.max_latency_s / 2)
+        return self.sizer.limits(model, spec.max_latency_s, size)
 
     def _can_start(self, entries: list[Entry]) -> bool:
         """Whether a quiet partial batch may leave early: a queue for it is empty (``due`` is

@@ -23,7 +23,8 @@ from consumers.intake import Intake, IntakeStats
 from consumers.metrics import IntakeMetrics, MeteredDepth
 from consumers.reaper import Reaper
 from consumers.routing import FleetView, Router
-from pipelines.fleet import Breakers
+from consumers.slo import SloSizer
+from pipelines.fleet import BatchTimes, Breakers
 from pipelines.jobs import JOB_KINDS
 from pipelines.kafka import ensure_topics, unavailable
 from pipelines.observe.checks import service_checks
@@ -143,6 +144,7 @@ def run_intake(
         router,
         registry,
         metrics=metrics,
+        sizer=SloSizer(BatchTimes(settings)),
     )
     listener.intake = intake
     ready = False

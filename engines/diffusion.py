@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from engines.base import Output, parameter_bytes, torch_dtype, weights_digest
+from engines.base import Output, parameter_bytes, resolve_dtype, torch_dtype, weights_digest
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import DiffusionJob
 from pipelines.registry import ModelSpec
@@ -39,6 +39,7 @@ class DiffusersEngine:
         self.name = name
         self.path = Path(path)
         self.spec = spec
+        self.dtype = resolve_dtype(spec.dtype, "cpu")  # resolved again at load, for its device
         self.device = "cpu"
         self.pipe: Any = None
         self._digest = ""
@@ -48,9 +49,10 @@ class DiffusersEngine:
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
+        self.dtype = resolve_dtype(self.spec.dtype, device)
         try:
             pipe = DiffusionPipeline.from_pretrained(
-                self.path, dtype=torch_dtype(self.spec.dtype, self.name), safety_checker=None
+                self.path, dtype=torch_dtype(self.dtype, self.name), safety_checker=None
             )
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(
@@ -75,7 +77,7 @@ class DiffusersEngine:
         self.pipe = pipe
         self.device = device
         self._digest = weights_digest(self.path / "unet")
-        log.info("loaded %s from %s on %s (%s)", self.name, self.path, device, self.spec.dtype)
+        log.info("loaded %s from %s on %s (%s)", self.name, self.path, device, self.dtype)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -83,7 +85,7 @@ class DiffusersEngine:
             "engine": "diffusers",
             "weights": self._digest,
             "path": str(self.path),
-            "dtype": self.spec.dtype,
+            "dtype": self.dtype,
             "device": self.device,
             "options": {
                 "attention_slicing": self.spec.attention_slicing,

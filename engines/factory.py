@@ -32,7 +32,13 @@ def _causal_lm(settings: BlazeSettings, spec: ModelSpec) -> Engine[Any]:
     from engines.llm import TransformersLLM
 
     folder = resolve_model(settings, spec)
-    return TransformersLLM(spec.name, folder, dtype=spec.dtype, quantize=spec.quantize)
+    return TransformersLLM(
+        spec.name,
+        folder,
+        dtype=spec.dtype,
+        quantize=spec.quantize,
+        batch_invariant=spec.batch_invariant,
+    )
 
 
 def _encoder(settings: BlazeSettings, spec: ModelSpec) -> Engine[Any]:

@@ -4,10 +4,16 @@ Rows of one batch may ask for different ``max_new_tokens`` and ``stop`` strings:
 stopping criterion ends each row at its own limit, so one long job does not make the short
 ones generate past theirs, and generation stops as soon as every row is done.
 
-Rows that start with the same tokens (a chat template's system prompt, a shared instruction)
-have that prefix computed once per batch: its keys and values are repeated for every row and
-each row's own tokens follow it, left-padded. In float32 the text is the same as without the
-sharing; in bfloat16 it may differ as it already does with the padding of other batch shapes.
+In float32, rows that start with the same tokens (a chat template's system prompt, a shared
+instruction) have that prefix computed once per batch: its keys and values are repeated for
+every row and each row's own tokens follow it, left-padded; the text is the same as without
+the sharing. In bfloat16 and float16 the sharing is off: computing the prefix apart rounds
+differently, and measured on the demo's questions it changed answers a job alone gets right
+(``bench/agreement.py``; the README's "Answers and batches").
+
+``batch_invariant`` asks for a job's greedy text to be the same alone and in any batch: the
+model computes in float32 and without the shared prefix, so rows differ from a lone run only
+by the padding of their batch, which in float32 changes no text (checked by a unit test).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from engines.base import Output, parameter_bytes, torch_dtype, weights_digest
+from engines.base import Output, parameter_bytes, resolve_dtype, torch_dtype, weights_digest
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import LLMJob
 
@@ -102,23 +108,38 @@ class TransformersLLM:
     Args:
         name: The model name jobs use.
         path: A folder loadable by ``from_pretrained`` (config, weights, tokenizer).
-        dtype: ``bfloat16`` (fastest on recent CPUs and GPUs), ``float16`` or ``float32``.
+        dtype: ``auto`` (``engines.base.resolve_dtype``), ``bfloat16`` (fastest where the
+            device computes it natively), ``float16`` or ``float32``.
     """
 
     def __init__(
-        self, name: str, path: Path, dtype: str = "bfloat16", quantize: str = "none"
+        self,
+        name: str,
+        path: Path,
+        dtype: str = "auto",
+        quantize: str = "none",
+        batch_invariant: bool = False,
     ) -> None:
-        torch_dtype(dtype, name)  # an unknown dtype fails here, naming the model
+        torch_dtype(resolve_dtype(dtype, "cpu"), name)  # an unknown dtype fails here
         self.name = name
         self.path = Path(path)
-        self.dtype = dtype
+        self.batch_invariant = batch_invariant
+        self.requested_dtype = "float32" if batch_invariant else dtype
+        self.dtype = resolve_dtype(self.requested_dtype, "cpu")  # again at load, for its device
         self.quantize = quantize
+        self.share_prefix = self._prefix_allowed()
         self.device = "cpu"
         self.model: Any = None
         self.tokenizer: Any = None
         self._digest = ""
 
+    def _prefix_allowed(self) -> bool:
+        """A prefix computed apart changes no text in float32 only (the module docstring)."""
+        return self.dtype == "float32" and not self.batch_invariant
+
     def load(self, device: str) -> None:
+        self.dtype = resolve_dtype(self.requested_dtype, device)
+        self.share_prefix = self._prefix_allowed()
         try:
             tok = AutoTokenizer.from_pretrained(self.path)
             model = AutoModelForCausalLM.from_pretrained(
@@ -154,6 +175,7 @@ class TransformersLLM:
             "path": str(self.path),
             "dtype": self.dtype,
             "quantize": self.quantize,
+            "batch_invariant": self.batch_invariant,
             "device": self.device,
         }
 
@@ -195,7 +217,7 @@ class TransformersLLM:
         The layout with a shared prefix is ``[prefix][padding][own tokens]``: positions count
         only unmasked tokens, so every row sees the prefix at the positions it would have alone.
         """
-        tok, n = self.tokenizer, _shared_prefix(rows)
+        tok, n = self.tokenizer, _shared_prefix(rows) if self.share_prefix else 0
         if n < MIN_SHARED_TOKENS or not self.model._supports_default_dynamic_cache():
             enc = tok.pad({"input_ids": rows}, return_tensors="pt")
             return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), None

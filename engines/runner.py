@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from pydantic import TypeAdapter, ValidationError
 
 from engines.base import Output
@@ -26,6 +27,7 @@ from engines.documents import result_docs
 from engines.metrics import WorkerMetrics
 from engines.recovery import run_with_retries
 from pipelines.errors import ModelUnavailable, ServiceUnavailable
+from pipelines.fleet import BatchTimes
 from pipelines.jobs import AnyJob, Job, is_job_id, job_seed
 from pipelines.observe import trace
 from pipelines.observe.spans import Spans
@@ -68,8 +70,12 @@ class BatchRunner:
         worker_name: str = "",
         metrics: WorkerMetrics | None = None,
         dead_letters: DeadLetterStore | None = None,
+        batch_times: BatchTimes | None = None,
     ) -> None:
         self.settings = settings
+        # seconds per engine call by (model, batch size), averaged, shared for SLO batching
+        self.batch_times = batch_times
+        self.call_seconds: dict[tuple[str, int], float] = {}
         self.metrics = metrics
         self.current: dict[str, Any] | None = None  # the batch in hand, for heartbeats
         self.last: dict[str, Any] | None = None  # the last batch's end and outcome
@@ -392,6 +398,8 @@ class BatchRunner:
         except ModelUnavailable as exc:
             outputs, prov, failed = [Output(error=str(exc))] * len(jobs), {"model": model}, True
         compute = time.time() - t0
+        if not failed:
+            self._time_call(model, len(jobs), compute)
         if self.metrics is not None:
             self._count_call(model, jobs, outputs, t0, queued_at, compute, failed)
         return result_docs(
@@ -404,6 +412,18 @@ class BatchRunner:
             batch_size,
             hops,
         )
+
+    def _time_call(self, model: str, size: int, seconds: float) -> None:
+        """Average the call's seconds into its (model, size) and share it (``BatchTimes``)."""
+        prev = self.call_seconds.get((model, size))
+        avg = seconds if prev is None else EWMA * seconds + (1 - EWMA) * prev
+        self.call_seconds[(model, size)] = avg
+        if self.batch_times is None:
+            return
+        try:
+            self.batch_times.record(model, size, avg)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("batch time of %s not shared: %s", model, exc)
 
     def _count_call(
         self,

@@ -26,7 +26,7 @@ from engines.metrics import WorkerMetrics
 from engines.recovery import DeviceLost
 from engines.runner import BatchRunner
 from pipelines.errors import ModelUnavailable, ServiceUnavailable
-from pipelines.fleet import Breakers, Leases
+from pipelines.fleet import BatchTimes, Breakers, Leases
 from pipelines.observe.checks import service_checks
 from pipelines.observe.probes import Check
 from pipelines.observe.process import ProcessObserver, process_id
@@ -164,6 +164,7 @@ def run_worker(
         name.replace("%h", socket.gethostname()),
         metrics,
         dead_letters,
+        BatchTimes(settings),
     )
     lost: list[str] = []
 

@@ -1,5 +1,5 @@
-"""What consumers and workers share about the fleet's health, in Redis: batch leases and
-circuit breakers.
+"""What consumers and workers share about the fleet, in Redis: batch leases, circuit breakers
+and the measured seconds per batch size of each model.
 
 **Leases.** A worker holds a lease ``{ns}:lease:{batch_id}`` on the batch in hand and renews it
 every ``lease_s / 4``; the key expires ``lease_s`` after the last renewal. A batch taken from
@@ -13,6 +13,11 @@ worker died in it), then ``open``: routing sends nothing there. After ``breaker_
 one router takes the single probe slot (``half_open``) and sends one batch; the worker's
 outcome closes the breaker or opens it again. A probe that never reports (its worker died
 too) frees the slot again after another cooldown.
+
+**Batch times.** ``{ns}:batch-seconds:{model}`` maps a batch size to the seconds an engine
+call of that size took, as a moving average kept by each worker (the last worker to report a
+size wins). Consumers size the batches of models with a latency target from it
+(``consumers.slo``).
 
 The breaker is written here rather than taken from a library (pybreaker, aiobreaker) because
 its three sides live in different processes: the worker records outcomes, the reaper records
@@ -202,3 +207,24 @@ class Breakers:
 
     def reset(self, queue: str) -> None:
         self.client.delete(self.prefix + queue)
+
+
+class BatchTimes:
+    """Seconds per engine call by batch size, per model (see the module docstring)."""
+
+    def __init__(self, settings: BlazeSettings, client: redis.Redis | None = None) -> None:
+        self.client = client or redis_client(settings, connect_timeout_s=2, timeout_s=5)
+        self.prefix = f"{settings.namespace}:batch-seconds:"
+
+    def record(self, model: str, size: int, seconds: float) -> None:
+        self.client.hset(self.prefix + model, str(size), f"{seconds:.6f}")
+
+    def read(self, models: Sequence[str]) -> dict[str, dict[int, float]]:
+        """Every reported size and its seconds, per model (models never run: empty)."""
+        pipe = self.client.pipeline(transaction=False)
+        for m in models:
+            pipe.hgetall(self.prefix + m)
+        out: dict[str, dict[int, float]] = {}
+        for m, raw in zip(models, pipe.execute(), strict=True):
+            out[m] = {int(k): float(v) for k, v in raw.items()}
+        return out

@@ -5,7 +5,7 @@ A YAML file (``BLAZE_REGISTRY_FILE``, default ``.blaze/models.yaml``) lists mode
     models:
       smollm2-135m-instruct:
         kind: llm
-        dtype: bfloat16
+        dtype: auto                      # bfloat16 where the device has it natively
         max_batch_size: 16
         max_wait_s: 0.5
         devices: [cpu]
@@ -73,9 +73,20 @@ class ModelSpec(BaseModel):
         description="a from_pretrained folder, hub:ORG/NAME[@REV] or wheel:PACKAGE/FILE.gguf; "
         "default models_dir/NAME",
     )
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto",
+        description="auto: bfloat16 where the device computes it natively, else float32 on "
+        "CPUs and float16 on older GPUs",
+    )
     max_batch_size: int | None = Field(default=None, ge=1, le=1024)
     max_wait_s: float | None = Field(default=None, gt=0, le=600)
+    max_latency_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="a latency target instead of a window: batches are sized from the "
+        "engine's measured seconds per batch size (max_batch_size is then the memory ceiling)",
+    )
     devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
     routing: RoutingStrategy | None = Field(
         default=None, description="how its batches pick a device (default: fleet.routing)"
@@ -91,6 +102,11 @@ class ModelSpec(BaseModel):
     cpu_offload: bool = Field(default=False, description="GPU only: keep idle parts in RAM")
     quantize: Literal["none", "int8"] = Field(
         default="none", description="int8: dynamic int8 Linear layers (CPU LLMs)"
+    )
+    batch_invariant: bool = Field(
+        default=False,
+        description="LLMs: a job's greedy text is the same alone and in any batch "
+        "(computes in float32, whatever dtype says; slower)",
     )
 
     @field_validator("devices")
@@ -117,6 +133,12 @@ class ModelSpec(BaseModel):
             raise ValueError("attention_slicing, vae_slicing and vae_tiling are diffusion options")
         if self.kind != "llm" and self.quantize != "none":
             raise ValueError("quantize applies to LLMs only")
+        if self.max_latency_s is not None and self.max_wait_s is not None:
+            raise ValueError("max_latency_s replaces max_wait_s: set one of them")
+        if self.kind != "llm" and self.batch_invariant:
+            raise ValueError("batch_invariant applies to LLMs only")
+        if self.batch_invariant and self.quantize != "none":
+            raise ValueError("batch_invariant computes in float32: it cannot be quantised")
         if self.kind == "embed" and (self.attention_slicing or self.vae_slicing or self.vae_tiling):
             raise ValueError("attention_slicing, vae_slicing and vae_tiling are diffusion options")
         if self.quantize == "int8" and any(d.startswith("cuda") for d in self.devices):

@@ -36,7 +36,8 @@ def worker(
         list[str] | None, typer.Option("--model", help="preload this model (repeatable)")
     ] = None,
     dtype: Annotated[
-        str | None, typer.Option(help="bfloat16, float16 or float32 (default: the registry's)")
+        str | None,
+        typer.Option(help="auto, bfloat16, float16 or float32 (default: the registry's)"),
     ] = None,
     kind: Annotated[
         list[str] | None, typer.Option("--kind", help="llm, diffusion, embed (default: all)")
@@ -53,7 +54,7 @@ def worker(
         if k not in JOB_KINDS:
             raise ConfigError(f"--kind must be llm, diffusion or embed, got {k!r}")
     if dtype is not None and dtype not in DTYPE_NAMES:
-        raise ConfigError(f"--dtype must be bfloat16, float16 or float32, got {dtype!r}")
+        raise ConfigError(f"--dtype must be auto, bfloat16, float16 or float32, got {dtype!r}")
     settings = cli_settings()
     from engines.devices import pin_device
 

@@ -17,10 +17,16 @@ TINY_CHAT_TEMPLATE = (
 
 
 def make_tiny_llm(
-    target: Path, seed: int = 0, vocab_size: int = 320, hidden_size: int = 32
+    target: Path,
+    seed: int = 0,
+    vocab_size: int = 320,
+    hidden_size: int = 32,
+    init_range: float = 0.02,
 ) -> Path:
     """Write a tiny random Llama-style model and a trained byte-level tokenizer (under 1 s);
-    ``hidden_size`` 32 makes about 0.1 MB of weights, 128 about 1.4 MB."""
+    ``hidden_size`` 32 makes about 0.1 MB of weights, 128 about 1.4 MB. A larger
+    ``init_range`` (weights' standard deviation) makes its next token depend more on the
+    input: its greedy texts vary with the prompt, and so can rounding differences."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -60,6 +66,7 @@ def make_tiny_llm(
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=True,
+        initializer_range=init_range,
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(target)

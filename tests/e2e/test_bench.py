@@ -159,3 +159,25 @@ def test_routing_and_soak_benchmarks_print_their_figures_last() -> None:
     assert "rr_over_affinity_loads" in routing
     soak = run("bench/soak.py", "--jobs", "300", "--chunk", "100", "--in-flight", "200")
     assert soak["succeeded"] == 300 and set(soak["growth"]) == {"worker", "consumer"}  # type: ignore[arg-type]
+
+
+def test_agreement_benchmark_counts_texts_equal_to_the_float32_reference(
+    tiny_models: Path,
+) -> None:
+    figures = last_line_figures(
+        "bench/agreement.py",
+        "--model-dir",
+        str(tiny_models / "tiny"),
+        "--prompts",
+        "4",
+        "--new-tokens",
+        "4",
+        "--demo-tokens",
+        "4",
+        "--batch",
+        "4",
+    )
+    assert figures["bench"]["jobs"] == 4 and figures["demo"]["jobs"] == 16
+    for mode in ("float32 batch", "bfloat16 batch", "batch_invariant", "batch_invariant b3"):
+        assert 0 <= figures["bench"][mode]["same"] <= 4
+    assert figures["bench"]["batch_invariant"]["same"] == 4  # float32: the reference itself

@@ -146,3 +146,62 @@ def test_dynamic_int8_quantisation_runs_and_shrinks_the_weights(tiny_models: Pat
     assert out.error is None and out.completion_tokens > 0
     assert small.memory_bytes() < plain.memory_bytes()
     assert small.describe()["quantize"] == "int8"
+
+
+def test_batch_invariant_mode_gives_each_job_its_text_alone_in_any_batch(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from blaze.dev.tiny_models import make_tiny_llm
+
+    # sharp random weights: the next token depends on the input, so rounding differences
+    # between batch shapes show as different texts
+    folder = make_tiny_llm(
+        tmp_path_factory.mktemp("sharp") / "sharp", hidden_size=128, init_range=1.0
+    )
+    prompts = [
+        "what is the capital of france?",
+        "the quick brown fox",
+        "batch inference with queues and workers, briefly",
+        "fox",
+        "the lazy dog jumps over the quick brown fox again and again",
+        "paris",
+        "workers",
+    ]
+    jobs = [
+        LLMJob(model="sharp", messages=[ChatMessage(role="user", content=p)], max_new_tokens=12)
+        for p in prompts
+    ]
+
+    def texts(e: TransformersLLM, size: int) -> list[str | None]:
+        return [o.text for i in range(0, len(jobs), size) for o in e.run(jobs[i : i + size])]
+
+    fast = TransformersLLM("sharp", folder, dtype="bfloat16")
+    fast.load("cpu")
+    exact = TransformersLLM("sharp", folder, dtype="bfloat16", batch_invariant=True)
+    exact.load("cpu")
+    assert exact.describe()["dtype"] == "float32" and exact.describe()["batch_invariant"]
+    alone = texts(exact, 1)
+    for size in (2, 3, 7):
+        assert texts(exact, size) == alone, f"batch_invariant changed a text in batches of {size}"
+    # the check has teeth: rounding changes these texts (bfloat16's does, on any CPU; on this
+    # one a batch of 7 in bfloat16 also changes one text against bfloat16 alone)
+    assert sum(a != b for a, b in zip(texts(fast, 7), alone, strict=True)) >= 2
+
+
+def test_the_shared_prefix_is_computed_apart_in_float32_only(tiny_models: Path) -> None:
+    instruction = "you answer about batch inference with queues and workers, briefly: "
+    jobs = [LLMJob(model="tiny", prompt=instruction + q, max_new_tokens=2) for q in ("a", "b")]
+    half = TransformersLLM("tiny", tiny_models / "tiny", dtype="bfloat16")
+    half.load("cpu")
+    _, shapes = run_watching_inputs(half, jobs)
+    assert shapes[0][0] == 2  # whole rows, no separate prefix call
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it() -> None:
+    from engines.base import cpu_has_bf16, resolve_dtype
+
+    assert cpu_has_bf16("processor: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n")
+    assert cpu_has_bf16("Features\t: fp asimd bf16 i8mm\n")  # Arm
+    assert not cpu_has_bf16("flags\t\t: fpu sse avx2 fma\n")  # an AVX2-only EPYC
+    assert resolve_dtype("float16", "cpu") == "float16"  # a named dtype is kept
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if cpu_has_bf16() else "float32")

@@ -38,6 +38,14 @@ def test_file_entries_folders_and_demo_model(tmp_path: Path) -> None:
         ({"models": {"m": {"devices": ["gpu0"]}}}, "model 'm': field 'devices'"),
         ({"models": {"m": {"colour": "red"}}}, "model 'm': field 'colour'"),
         ({"models": {"bad/name": {}}}, "model 'bad/name': field 'name'"),
+        (
+            {"models": {"m": {"kind": "embed", "batch_invariant": True}}},
+            "batch_invariant applies to LLMs only",
+        ),
+        (
+            {"models": {"m": {"batch_invariant": True, "quantize": "int8"}}},
+            "cannot be quantised",
+        ),
         ({"models": {"m": "x"}}, "model 'm': expected a mapping"),
         ({"modles": {}}, "unknown top-level key"),
         (["x"], "expected a mapping"),

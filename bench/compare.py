@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import signal
@@ -54,6 +55,8 @@ _HERE = Path(__file__).resolve().parent
 
 PROMPTS_FILE = _HERE / "prompts.jsonl"
 NAIVE_TASK = "bench.naive_generate"
+MIXED_SEED = 17
+CB_BATCHES = 4
 
 
 # -- shared helpers ----------------------------------------------------------------------------
@@ -62,6 +65,15 @@ def load_prompts(n: int) -> list[str]:
     if n > len(rows):
         sys.exit(f"compare: --prompts {n} is more than the {len(rows)} in {PROMPTS_FILE}")
     return rows[:n]
+
+
+def token_limits(args: argparse.Namespace, n: int) -> list[int]:
+    """``max_new_tokens`` of each prompt: ``--new-tokens`` for all (uniform), or drawn from
+    8 to ``--mixed-max`` by a fixed seed (mixed), the same for every contender."""
+    if args.workload == "uniform":
+        return [args.new_tokens] * n
+    rng = random.Random(MIXED_SEED)
+    return [rng.randint(8, args.mixed_max) for _ in range(n)]
 
 
 def make_engine(model_dir: str | None, dtype: str, threads: int) -> Any:
@@ -81,17 +93,18 @@ def make_engine(model_dir: str | None, dtype: str, threads: int) -> Any:
     return engine
 
 
-def jobs_for(engine: Any, prompts: list[str], new_tokens: int) -> list[Any]:
+def jobs_for(engine: Any, prompts: list[str], new_tokens: int | list[int]) -> list[Any]:
     from pipelines.jobs import ChatMessage, LLMJob
 
+    limits = new_tokens if isinstance(new_tokens, list) else [new_tokens] * len(prompts)
     return [
         LLMJob(
             job_id=f"j{i}",
             model=engine.name,
             messages=[ChatMessage(role="user", content=p)],
-            max_new_tokens=new_tokens,
+            max_new_tokens=n,
         )
-        for i, p in enumerate(prompts)
+        for i, (p, n) in enumerate(zip(prompts, limits, strict=True))
     ]
 
 
@@ -118,8 +131,9 @@ def pct(values: list[float], q: float) -> float:
 def child_direct(args: argparse.Namespace) -> None:
     """Load, warm up, say ready, wait for 'go', run the prompts, print one JSON line."""
     engine = make_engine(args.model_dir, args.dtype, args.threads)
-    prompts = load_prompts(args.prompts)[args.part :: args.parts]
-    work = jobs_for(engine, prompts, args.new_tokens)
+    every = load_prompts(args.prompts)
+    limits = token_limits(args, len(every))[args.part :: args.parts]
+    work = jobs_for(engine, every[args.part :: args.parts], limits)
     engine.run(work[:2])
     print("ready", flush=True)
     sys.stdin.readline()
@@ -164,7 +178,7 @@ def child_ray(args: argparse.Namespace) -> None:
 
         def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
             started = time.time()
-            work = jobs_for(self.engine, list(batch["prompt"]), args.new_tokens)
+            work = jobs_for(self.engine, list(batch["prompt"]), [int(n) for n in batch["tokens"]])
             outs = self.engine.run(work)
             return {
                 "tokens": [o.completion_tokens for o in outs],
@@ -173,14 +187,16 @@ def child_ray(args: argparse.Namespace) -> None:
             }
 
     prompts = load_prompts(args.prompts)
-    warm = ray.data.from_items([{"prompt": p} for p in prompts[: 2 * actors]])
+    limits = token_limits(args, len(prompts))
+    items = [{"prompt": p, "tokens": n} for p, n in zip(prompts, limits, strict=True)]
+    warm = ray.data.from_items(items[: 2 * actors])
     warm.map_batches(Generate, batch_size=2, concurrency=actors, num_cpus=2 / actors).take_all()
     print("ready", flush=True)
     sys.stdin.readline()
     # Ray is up (as Blaze's stack is); a run starts its actors and loads the model in each,
     # which a Ray Data user pays on every run. "warm" times from the first batch instead.
     t_call = time.time()
-    ds = ray.data.from_items([{"prompt": p} for p in prompts])
+    ds = ray.data.from_items(items)
     rows = ds.map_batches(
         Generate, batch_size=args.batch, concurrency=actors, num_cpus=2 / actors
     ).take_all()
@@ -250,6 +266,10 @@ def spawn(args: argparse.Namespace, mode: str, **extra: Any) -> subprocess.Popen
         str(args.new_tokens),
         "--dtype",
         args.dtype,
+        "--workload",
+        args.workload,
+        "--mixed-max",
+        str(args.mixed_max),
     ]
     if args.model_dir:
         argv += ["--model-dir", args.model_dir]
@@ -320,9 +340,16 @@ class Pipeline:
             batch={"max_size": args.batch, "max_wait_s": args.max_wait, "max_queued_batches": 2},
             worker={"torch_threads": 2 // args.blaze_workers or 1},
         )
+        folder = model_dir or self.settings.models_dir / self.model
+        # the same model with continuous generation: batches of up to CB_BATCHES x --batch jobs
+        # handed to a worker, of which --batch rows are computed at once (as the others do)
+        self.cb_model = f"{self.model}-continuous"
         self.settings.registry_file.write_text(
             f"models:\n  {self.model}:\n    dtype: {args.dtype}\n    max_batch_size: {args.batch}\n"
             f"    max_wait_s: {args.max_wait}\n"
+            f"  {self.cb_model}:\n    source: {folder}\n    dtype: {args.dtype}\n"
+            f"    generation: continuous\n    max_rows: {args.batch}\n"
+            f"    max_batch_size: {CB_BATCHES * args.batch}\n    max_wait_s: {args.max_wait}\n"
         )
         self.env = {**os.environ, **self.settings.to_env()}
         self.stack = Stack(self.settings)
@@ -348,7 +375,8 @@ class Pipeline:
             with log.open("wb") as fh:
                 self.procs.append(
                     subprocess.Popen(
-                        [*cli, "worker", "--device", "cpu", "--model", self.model],
+                        [*cli, "worker", "--device", "cpu", "--model", self.model]
+                        + (["--model", self.cb_model] if self.args.continuous else []),
                         env=self.env,
                         stdout=fh,
                         stderr=subprocess.STDOUT,
@@ -363,7 +391,10 @@ class Pipeline:
                 )
             )
         self._wait(clog, "intake joined group")
-        self.blaze([f"warm up {i}" for i in range(2 * self.args.blaze_workers)])
+        warm = [f"warm up {i}" for i in range(2 * self.args.blaze_workers)]
+        self.blaze(warm)
+        if self.args.continuous:
+            self.blaze(warm, self.cb_model)
 
     def _wait(self, log: Path, text: str) -> None:
         deadline = time.monotonic() + 300
@@ -372,16 +403,19 @@ class Pipeline:
                 sys.exit(f"compare: {log.name} never said {text!r}:\n{log.read_text()[-2000:]}")
             time.sleep(0.2)
 
-    def _jobs(self, prompts: list[str]) -> list[Any]:
+    def _jobs(
+        self, prompts: list[str], model: str | None = None, limits: list[int] | None = None
+    ) -> list[Any]:
         from pipelines.jobs import ChatMessage, LLMJob
 
+        limits = limits or token_limits(self.args, len(prompts))
         return [
             LLMJob(
-                model=self.model,
+                model=model or self.model,
                 messages=[ChatMessage(role="user", content=p)],
-                max_new_tokens=self.args.new_tokens,
+                max_new_tokens=n,
             )
-            for p in prompts
+            for p, n in zip(prompts, limits, strict=True)
         ]
 
     def _client(self) -> Any:
@@ -395,9 +429,9 @@ class Pipeline:
         client.wait([ping.job_id], timeout=600)
         return client
 
-    def blaze(self, prompts: list[str]) -> dict[str, Any]:
+    def blaze(self, prompts: list[str], model: str | None = None) -> dict[str, Any]:
         """Every prompt submitted at once; timed from the first submit to the last result."""
-        jobs = self._jobs(prompts)
+        jobs = self._jobs(prompts, model)
         with self._client() as client:
             cpu0 = self.cpu()
             t0 = time.time()
@@ -438,7 +472,8 @@ class Pipeline:
                 direct.stdin.flush()
                 out["direct"].append(float(direct.stdout.readline()))
                 time.sleep(gap / 2)
-                job = self._jobs([prompt])[0]  # stamped submitted_at now
+                # stamped submitted_at now; --new-tokens, as the engine alone was given
+                job = self._jobs([prompt], limits=[self.args.new_tokens])[0]
                 t0 = time.time()
                 client.submit_many([job])
                 client.wait([job.job_id], timeout=600, poll_s=0.005)
@@ -472,9 +507,10 @@ class Pipeline:
 
     def run_naive(self, prompts: list[str]) -> dict[str, Any]:
         t0 = time.time()
+        limits = token_limits(self.args, len(prompts))
         results = [
-            self.celery.send_task(NAIVE_TASK, args=[p, self.args.new_tokens], queue="naive")
-            for p in prompts
+            self.celery.send_task(NAIVE_TASK, args=[p, n], queue="naive")
+            for p, n in zip(prompts, limits, strict=True)
         ]
         tokens, lat = 0, []
         for r in results:
@@ -542,6 +578,14 @@ def main() -> None:
     ap.add_argument("--max-wait", type=float, default=0.05, help="batch window, seconds")
     ap.add_argument("--latency-jobs", type=int, default=12)
     ap.add_argument("--latency-gap", type=float, default=1.0)
+    ap.add_argument(
+        "--workload",
+        choices=["uniform", "mixed"],
+        default="uniform",
+        help="uniform: --new-tokens for every job; mixed: max_new_tokens drawn from 8 to "
+        "--mixed-max by a fixed seed, and Blaze also runs with continuous generation",
+    )
+    ap.add_argument("--mixed-max", type=int, default=256)
     # child-process options
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
@@ -553,6 +597,9 @@ def main() -> None:
     for name in ("prompts", "batch", "new_tokens", "reps", "blaze_workers"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.mixed_max < 8:
+        ap.error("--mixed-max must be >= 8")
+    args.continuous = args.workload == "mixed"
     if args.child:
         children = {
             "direct": child_direct,
@@ -584,6 +631,15 @@ def main() -> None:
                 layouts = ["1x2", "2x1"] if name in ("direct", "ray") else [""]
                 for layout in layouts:
                     key = f"{name} {layout}".strip()
+                    if name == "blaze" and args.continuous:
+                        got = pipe.blaze(prompts, pipe.cb_model)
+                        runs.setdefault("continuous", []).append(got)
+                        print(
+                            f"[round {rep + 1}] blaze continuous: "
+                            f"{got['jobs'] / got['seconds']:.2f} jobs/s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     if name == "blaze":
                         got = pipe.blaze(prompts)
                     elif name == "naive":
@@ -621,7 +677,8 @@ def report(
         }
     print(
         f"{'contender':<15}{'jobs/s':>9}{'tokens/s':>10}{'p50 s':>8}{'p95 s':>8}{'RSS MB':>9}"
-        f"   (median of {args.reps}, {args.prompts} prompts, batch {args.batch})"
+        f"   (median of {args.reps}, {args.prompts} prompts, batch {args.batch}, "
+        f"{args.workload} workload)"
     )
     for key, r in rows.items():
         print(
@@ -653,6 +710,16 @@ def report(
         per = [b / o for b, o in zip(blaze, other, strict=True)]
         ratios[key] = round(statistics.median(per), 3)
         rounds[key] = [round(r, 3) for r in per]
+    cont = per_round("continuous")
+    if cont:
+        for name, key in (("blaze", "static"), ("ray", "ray"), ("direct", "direct")):
+            other = per_round(name)
+            if not other:
+                ratios[f"mixed_over_{key}"] = None
+                continue
+            per = [c / o for c, o in zip(cont, other, strict=True)]
+            ratios[f"mixed_over_{key}"] = round(statistics.median(per), 3)
+            rounds[f"mixed_over_{key}"] = [round(r, 3) for r in per]
     # What the pipeline adds to a lone job: end to end minus the engine call inside the worker,
     # and minus the same call made alone in a separate process just before (which also holds
     # the machine's call-to-call noise).

@@ -65,8 +65,11 @@ class EngineCache:
     def reload(self, model: str) -> Engine[Any]:
         """Drop the model's engine and load it again (after a device error); raises
         ``ModelUnavailable`` if it no longer loads."""
-        if self.engines.pop(model, None) is not None and self.on_unload is not None:
-            self.on_unload(model)
+        dropped = self.engines.pop(model, None)
+        if dropped is not None:
+            _close(dropped)
+            if self.on_unload is not None:
+                self.on_unload(model)
         self.failures.pop(model, None)
         free_accelerator_memory()
         return self.get(model)
@@ -79,7 +82,7 @@ class EngineCache:
             return
         while self.loaded_bytes() > self.budget_bytes and len(self.engines) > 1:
             victim = next(m for m in self.engines if m != keep)
-            del self.engines[victim]
+            _close(self.engines.pop(victim))
             self.unloaded.append(victim)
             if self.on_unload is not None:
                 self.on_unload(victim)
@@ -90,3 +93,14 @@ class EngineCache:
         out = {m: "loaded" for m in self.engines}
         out.update({m: f"unhealthy: {why}" for m, (_, why) in self.failures.items()})
         return out
+
+
+def _close(engine: Engine[Any]) -> None:
+    """Stop what an unloaded engine runs besides its weights (``close()``, where it has one:
+    the LLM engine's continuous batching thread)."""
+    close = getattr(engine, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception as exc:  # the engine is dropped either way
+            log.warning("closing %s: %s", getattr(engine, "name", engine), exc)

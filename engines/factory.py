@@ -38,6 +38,8 @@ def _causal_lm(settings: BlazeSettings, spec: ModelSpec) -> Engine[Any]:
         dtype=spec.dtype,
         quantize=spec.quantize,
         batch_invariant=spec.batch_invariant,
+        generation=spec.generation,
+        max_rows=spec.max_rows or spec.batch_limits(settings)[0],
     )
 
 

@@ -36,6 +36,7 @@ from transformers import (
 )
 
 from engines.base import Output, parameter_bytes, resolve_dtype, torch_dtype, weights_digest
+from engines.continuous import ContinuousGenerator
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import LLMJob
 
@@ -119,6 +120,8 @@ class TransformersLLM:
         dtype: str = "auto",
         quantize: str = "none",
         batch_invariant: bool = False,
+        generation: str = "static",
+        max_rows: int = 16,
     ) -> None:
         torch_dtype(resolve_dtype(dtype, "cpu"), name)  # an unknown dtype fails here
         self.name = name
@@ -128,6 +131,14 @@ class TransformersLLM:
         self.dtype = resolve_dtype(self.requested_dtype, "cpu")  # again at load, for its device
         self.quantize = quantize
         self.share_prefix = self._prefix_allowed()
+        if generation not in ("static", "continuous"):
+            raise ModelUnavailable(
+                f"model {name}: generation {generation!r} is not 'static' or 'continuous'"
+            )
+        self.generation = generation
+        self.max_rows = max_rows
+        self.continuous: ContinuousGenerator | None = None
+        self._eos: set[int] = set()
         self.device = "cpu"
         self.model: Any = None
         self.tokenizer: Any = None
@@ -166,6 +177,19 @@ class TransformersLLM:
         self.tokenizer = tok
         self.device = device
         self._digest = weights_digest(self.path)
+        eos = _as_list(self.model.generation_config.eos_token_id)
+        self._eos = set(eos) | {tok.eos_token_id}
+        self.close()
+        if self.generation == "continuous":
+            layers = DynamicCache(config=self.model.config).layers
+            if not all(type(layer).__name__ == "DynamicLayer" for layer in layers):
+                raise ModelUnavailable(
+                    f"model {self.name}: generation continuous needs full-attention layers "
+                    "(this model has sliding-window or other cache layers); use static"
+                )
+            self.continuous = ContinuousGenerator(
+                self.model, self._eos, self.max_rows, pad_id=int(tok.pad_token_id)
+            )
         log.info("loaded %s from %s on %s (%s)", self.name, self.path, device, self.dtype)
 
     def describe(self) -> dict[str, Any]:
@@ -176,8 +200,15 @@ class TransformersLLM:
             "dtype": self.dtype,
             "quantize": self.quantize,
             "batch_invariant": self.batch_invariant,
+            "generation": self.generation,
             "device": self.device,
         }
+
+    def close(self) -> None:
+        """Stop the continuous batching loop, if one runs."""
+        if self.continuous is not None:
+            self.continuous.close()
+            self.continuous = None
 
     def memory_bytes(self) -> int:
         if self.model is None:
@@ -256,8 +287,30 @@ class TransformersLLM:
                 )
         live = [i for i in range(len(jobs)) if i not in errors]
         out: list[Output] = [Output(error=errors.get(i)) for i in range(len(jobs))]
-        if not live:
-            return out
+        flowing: list[int] = []
+        if self.continuous is not None:  # greedy rows without stop strings
+            flowing = [i for i in live if jobs[i].temperature == 0 and not jobs[i].stop]
+            live = [i for i in live if i not in set(flowing)]
+        if flowing:
+            limits = [jobs[i].max_new_tokens for i in flowing]
+            assert self.continuous is not None
+            new = self.continuous.generate([ids[i] for i in flowing], limits)
+            for row, i in enumerate(flowing):
+                out[i] = self._output(jobs[i], new[row][: limits[row]], prompt_lens[i], None)
+        if live:
+            self._static(jobs, live, ids, prompt_lens, out)
+        return out
+
+    def _static(
+        self,
+        jobs: list[LLMJob],
+        live: list[int],
+        ids: list[list[int]],
+        prompt_lens: list[int],
+        out: list[Output],
+    ) -> None:
+        """One ``generate`` call for the rows ``live`` of ``jobs``; their outputs into ``out``."""
+        tok = self.tokenizer
         input_ids, mask, cache = self._inputs([ids[i] for i in live])
         width = input_ids.shape[1]
         limits = [jobs[i].max_new_tokens for i in live]
@@ -284,28 +337,30 @@ class TransformersLLM:
                 stopping_criteria=criteria,
                 logits_processor=LogitsProcessorList([sampler]) if sampler.active else None,
             )
-        eos = set(_as_list(self.model.generation_config.eos_token_id)) | {tok.eos_token_id}
         for row, i in enumerate(live):
-            ids = seqs[row, width:].tolist()[: limits[row]]
-            finish = "length"
-            for n, t in enumerate(ids):
-                if t in eos:
-                    ids, finish = ids[:n], "stop"
-                    break
-            text = tok.decode(ids, skip_special_tokens=True)
-            for s in stops[row]:
-                cut = text.find(s)
-                if cut >= 0:
-                    text, finish = text[:cut], "stop"
-            sampled = jobs[i].temperature > 0
-            out[i] = Output(
-                text=text,
-                finish_reason=finish,
-                prompt_tokens=prompt_lens[i],
-                completion_tokens=len(ids),
-                info={"seed": seeds[row] if sampled else None, "sampling": sampled},
-            )
-        return out
+            new = seqs[row, width:].tolist()[: limits[row]]
+            out[i] = self._output(jobs[i], new, prompt_lens[i], seeds[row])
+
+    def _output(self, job: LLMJob, new: list[int], prompt_len: int, seed: int | None) -> Output:
+        """A row's output from its new tokens: cut at end-of-sequence, then at a stop string."""
+        finish = "length"
+        for n, t in enumerate(new):
+            if t in self._eos:
+                new, finish = new[:n], "stop"
+                break
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        for s in job.stop:
+            cut = text.find(s)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+        sampled = job.temperature > 0
+        return Output(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=prompt_len,
+            completion_tokens=len(new),
+            info={"seed": seed if sampled else None, "sampling": sampled},
+        )
 
 
 def _shared_prefix(rows: list[list[int]]) -> int:

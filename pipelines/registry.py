@@ -103,6 +103,17 @@ class ModelSpec(BaseModel):
     quantize: Literal["none", "int8"] = Field(
         default="none", description="int8: dynamic int8 Linear layers (CPU LLMs)"
     )
+    generation: Literal["static", "continuous"] = Field(
+        default="static",
+        description="LLMs: continuous = a row leaves the running batch the step it ends and a "
+        "waiting one takes its slot (greedy jobs without stop strings; the rest run static)",
+    )
+    max_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="continuous generation: rows computed together (default: max_batch_size)",
+    )
     batch_invariant: bool = Field(
         default=False,
         description="LLMs: a job's greedy text is the same alone and in any batch "
@@ -137,6 +148,13 @@ class ModelSpec(BaseModel):
             raise ValueError("max_latency_s replaces max_wait_s: set one of them")
         if self.kind != "llm" and self.batch_invariant:
             raise ValueError("batch_invariant applies to LLMs only")
+        if self.kind != "llm" and (self.generation != "static" or self.max_rows is not None):
+            raise ValueError("generation and max_rows apply to LLMs only")
+        if self.batch_invariant and self.generation == "continuous":
+            raise ValueError(
+                "batch_invariant needs generation: static (continuous batching "
+                "computes rows in shapes that change with the batch)"
+            )
         if self.batch_invariant and self.quantize != "none":
             raise ValueError("batch_invariant computes in float32: it cannot be quantised")
         if self.kind == "embed" and (self.attention_slicing or self.vae_slicing or self.vae_tiling):

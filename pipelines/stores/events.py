@@ -1,10 +1,13 @@
-"""Status events: every applied job state change as one record, for systems that react.
+"""Status events: every applied job state change, for systems that react.
 
 The contract (``StatusEvents``) has a write side, called with the changes a status store
 applied, and a read side. Backends: ``events_memory`` and ``events_kafka`` (topic
-``{namespace}.status``, key = job id so one job's events stay ordered, value = JSON
-``{"job_id", "state", "at", "reason", "group"}``). Events are best effort: the status store
-(and the bucket, for results) stays the record.
+``{namespace}.status``). A record holds the changes of one call whose jobs share a partition:
+value = a JSON array of ``{"job_id", "state", "at", "reason", "group"}``, key = the first job's
+id; every job's events go to the partition its id hashes to, so one job's events stay ordered.
+(One record per event cost 0.18 ms of producer CPU each, four per job.) Records holding one
+JSON object, as earlier versions wrote, read as one event. Events are best effort: the status
+store (and the bucket, for results) stays the record.
 """
 
 from __future__ import annotations
@@ -39,14 +42,19 @@ class StatusEvent:
         return doc
 
 
-def encode(up: StatusUpdate) -> bytes:
-    """The wire form of one applied change."""
-    event = StatusEvent(up.job_id, up.state, up.at, up.reason, up.group)
-    return json.dumps(event.to_dict(), separators=(",", ":")).encode()
+def encode(ups: Sequence[StatusUpdate]) -> bytes:
+    """The wire form of applied changes: one JSON array."""
+    events = [StatusEvent(u.job_id, u.state, u.at, u.reason, u.group).to_dict() for u in ups]
+    return json.dumps(events, separators=(",", ":")).encode()
 
 
-def decode(raw: bytes) -> StatusEvent:
+def decode(raw: bytes) -> list[StatusEvent]:
+    """The events of one record: an array, or one object (records of earlier versions)."""
     doc = json.loads(raw)
+    return [_event(d) for d in doc] if isinstance(doc, list) else [_event(doc)]
+
+
+def _event(doc: dict[str, Any]) -> StatusEvent:
     return StatusEvent(
         doc["job_id"],
         JobState(doc["state"]),

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2
 
 from pipelines.errors import ServiceUnavailable
 from pipelines.kafka import ensure_topics, make_producer, read_from_start
@@ -33,6 +34,7 @@ class KafkaStatusEvents:
         self._producer: KafkaProducer | None = None
         self._down_until = 0.0
         self._lock = threading.Lock()
+        self._partitions: list[int] = []
         self.failed = 0
 
     def _get(self) -> KafkaProducer | None:
@@ -62,13 +64,26 @@ class KafkaStatusEvents:
             if producer is None:
                 self.failed += len(moved)
                 return
-            for up in moved:
-                try:
-                    producer.send(self.topic, key=up.job_id.encode(), value=encode(up)).add_errback(
-                        self._failed
-                    )
-                except KafkaError as exc:
-                    self._failed(exc)
+            try:
+                for part, ups in self._by_partition(producer, moved).items():
+                    producer.send(
+                        self.topic, key=ups[0].job_id.encode(), value=encode(ups), partition=part
+                    ).add_errback(self._failed)
+            except KafkaError as exc:
+                self._failed(exc)
+
+    def _by_partition(
+        self, producer: KafkaProducer, moved: Sequence[StatusUpdate]
+    ) -> dict[int, list[StatusUpdate]]:
+        """The changes grouped by the partition each job id hashes to (as a keyed record's)."""
+        if not self._partitions:
+            self._partitions = sorted(producer.partitions_for(self.topic))
+        parts, n = self._partitions, len(self._partitions)
+        out: dict[int, list[StatusUpdate]] = {}
+        for up in moved:
+            part = parts[(murmur2(up.job_id.encode()) & 0x7FFFFFFF) % n]
+            out.setdefault(part, []).append(up)
+        return out
 
     def flush(self, timeout: float = 10) -> None:
         if self._producer is not None:
@@ -89,4 +104,4 @@ class KafkaStatusEvents:
         for rec in read_from_start(
             self.settings, self.topic, follow=follow, idle_s=idle_s, name="status-reader"
         ):
-            yield decode(rec.value)
+            yield from decode(rec.value)

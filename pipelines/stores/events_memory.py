@@ -9,20 +9,22 @@ from pipelines.stores.status import StatusUpdate
 
 
 class MemoryStatusEvents:
-    """Keeps every published event (as it would travel) in ``records``."""
+    """Keeps every published event (as it would travel: one record per call) in ``records``."""
 
     def __init__(self) -> None:
         self.records: list[bytes] = []
 
     def __call__(self, moved: Sequence[StatusUpdate]) -> None:
-        self.records.extend(encode(up) for up in moved)
+        if moved:
+            self.records.append(encode(moved))
 
     def flush(self, timeout: float = 10) -> None:
         pass
 
     def read(self, *, follow: bool = False, idle_s: float = 2.0) -> Iterator[StatusEvent]:
         # ``follow`` has nothing to wait for: nothing else can publish while the caller reads
-        yield from (decode(r) for r in list(self.records))
+        for r in list(self.records):
+            yield from decode(r)
 
     def close(self) -> None:
         pass

@@ -34,6 +34,7 @@ def _script(name: str) -> str:
 
 
 ADVANCE_LUA = _script("status_advance.lua")
+CHUNK = 500  # updates per script call: Redis runs nothing else while a script runs
 RESET_LUA = _script("status_reset.lua")
 
 
@@ -59,28 +60,37 @@ class RedisStatusStore:
         return ServiceUnavailable("Redis", self.url.split("@")[-1], str(exc)[:200])
 
     def _run(self, calls: Sequence[tuple[StatusUpdate, str]]) -> tuple[list[Any], Applied]:
-        """Run the advance script once per ``(update, mode)``, all in one round trip."""
+        """Run the advance script over ``(update, mode)`` pairs: one script call per mode and
+        ``CHUNK`` updates, all in one round trip."""
         if not calls:
             return [], Applied()
         try:
             pipe = self.client.pipeline(transaction=False)
-            for up, mode in calls:
-                args = [
-                    up.state.value,
-                    up.state.rank,
-                    repr(up.at),
-                    up.reason[:2000],
-                    self.ttl,
-                    mode,
-                    up.group,
-                    up.kind,
-                    self.group_prefix,
-                    COUNTERS.get(up.state, ""),
-                    RUNNING_RANK,
-                    TERMINAL_RANK,
-                ]
-                self._advance(keys=[self.prefix + up.job_id], args=args, client=pipe)
-            rows: list[Any] = pipe.execute()
+            order: list[int] = []
+            for mode in dict.fromkeys(m for _, m in calls):
+                idx = [i for i, (_, m) in enumerate(calls) if m == mode]
+                for start in range(0, len(idx), CHUNK):
+                    part = idx[start : start + CHUNK]
+                    args: list[Any] = [mode, self.ttl, self.group_prefix, RUNNING_RANK]
+                    args.append(TERMINAL_RANK)
+                    for i in part:
+                        up = calls[i][0]
+                        args += [
+                            up.state.value,
+                            up.state.rank,
+                            repr(up.at),
+                            up.reason[:2000],
+                            up.group,
+                            up.kind,
+                            COUNTERS.get(up.state, ""),
+                        ]
+                    keys = [self.prefix + calls[i][0].job_id for i in part]
+                    self._advance(keys=keys, args=args, client=pipe)
+                    order += part
+            rows_of = [row for chunk in pipe.execute() for row in chunk]
+            rows: list[Any] = [None] * len(calls)
+            for i, row in zip(order, rows_of, strict=True):
+                rows[i] = row
         except redis.ConnectionError as exc:
             raise self._unavailable(exc) from None
         applied = Applied()

@@ -109,6 +109,10 @@ def test_compare_benchmark_smoke_run(tiny_models: Path) -> None:
             "2",
             "--latency-gap",
             "0.1",
+            "--workload",  # mixed lengths: also Blaze with continuous generation
+            "mixed",
+            "--mixed-max",
+            "12",
         ],
         capture_output=True,
         text=True,
@@ -118,8 +122,10 @@ def test_compare_benchmark_smoke_run(tiny_models: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     figures = json.loads(res.stdout.strip().splitlines()[-1])
     assert figures["blaze_over_direct"] > 0 and figures["blaze_over_naive"] > 0
+    assert figures["mixed_over_static"] > 0 and figures["mixed_over_direct"] > 0
+    assert figures["mixed_over_ray"] is None  # not asked
     assert figures["blaze_over_ray"] is None and figures["blaze_over_ray_warm"] is None  # not asked
-    assert set(figures["table"]) == {"direct 1x2", "direct 2x1", "blaze", "naive"}
+    assert set(figures["table"]) == {"direct 1x2", "direct 2x1", "blaze", "continuous", "naive"}
     # a lone job spends time outside the engine call (submit, Kafka, dispatch, the result PUT)
     assert figures["added_latency_p95_ms"] >= figures["added_latency_p50_ms"] > 0
     assert figures["added_over_direct_process_p50_ms"] is not None

@@ -205,3 +205,61 @@ def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it() -> None:
     assert not cpu_has_bf16("flags\t\t: fpu sse avx2 fma\n")  # an AVX2-only EPYC
     assert resolve_dtype("float16", "cpu") == "float16"  # a named dtype is kept
     assert resolve_dtype("auto", "cpu") == ("bfloat16" if cpu_has_bf16() else "float32")
+
+
+def test_continuous_generation_ends_each_row_at_its_own_limit(tiny_models: Path) -> None:
+    e = TransformersLLM("tiny", tiny_models / "tiny", dtype="float32", generation="continuous")
+    e.load("cpu")
+    try:
+        jobs = [
+            LLMJob(model="tiny", prompt="the quick brown fox", max_new_tokens=n)
+            for n in (2, 9, 5, 17)
+        ]
+        sampled = LLMJob(model="tiny", prompt="hello", max_new_tokens=6, temperature=1.0, seed=7)
+        stopped = LLMJob(model="tiny", prompt="the lazy dog", max_new_tokens=12, stop=["zzz"])
+        outs = e.run([*jobs, sampled, stopped])
+        assert all(o.error is None for o in outs)
+        for job, o in zip(jobs, outs[:4], strict=True):
+            assert o.completion_tokens <= job.max_new_tokens and o.text is not None
+            assert o.completion_tokens == job.max_new_tokens or o.finish_reason == "stop"
+        # sampled rows and rows with stop strings run on the static path: the same text as
+        # a static engine gives them
+        static = TransformersLLM("tiny", tiny_models / "tiny", dtype="float32")
+        static.load("cpu")
+        assert outs[4].text == static.run([sampled])[0].text
+        assert outs[5].text == static.run([stopped])[0].text
+        assert e.describe()["generation"] == "continuous"
+        again = e.run(jobs[:2])  # the loop serves batch after batch
+        assert [o.completion_tokens for o in again] == [o.completion_tokens for o in outs[:2]]
+    finally:
+        e.close()
+    assert e.continuous is None
+
+
+def test_continuous_refills_slots_and_gives_each_job_its_static_text_in_float32(
+    tiny_models: Path,
+) -> None:
+    e = TransformersLLM(
+        "tiny", tiny_models / "tiny2", dtype="float32", generation="continuous", max_rows=3
+    )
+    e.load("cpu")
+    static = TransformersLLM("tiny", tiny_models / "tiny2", dtype="float32")
+    static.load("cpu")
+    prompts = ["the quick brown fox", "a", "batch inference with queues and workers", "paris"]
+    jobs = [
+        LLMJob(model="tiny", prompt=p + " " * (i % 3), max_new_tokens=n)
+        for i, (p, n) in enumerate((p, n) for n in (3, 20, 7, 12) for p in prompts)
+    ]
+    steps: list[int] = []
+    hook = e.model.register_forward_pre_hook(
+        lambda _m, _a, kw: steps.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        got = e.run(jobs)
+    finally:
+        hook.remove()
+    want = [static.run([j])[0] for j in jobs]
+    assert [o.text for o in got] == [o.text for o in want]
+    assert [o.finish_reason for o in got] == [o.finish_reason for o in want]
+    assert max(steps) <= 3  # never more rows at once than max_rows, 16 jobs through 3 slots
+    assert sum(steps) < sum(j.max_new_tokens for j in jobs) + len(jobs)  # no step for done rows

@@ -187,3 +187,11 @@ def test_agreement_benchmark_counts_texts_equal_to_the_float32_reference(
     for mode in ("float32 batch", "bfloat16 batch", "batch_invariant", "batch_invariant b3"):
         assert 0 <= figures["bench"][mode]["same"] <= 4
     assert figures["bench"]["batch_invariant"]["same"] == 4  # float32: the reference itself
+
+
+def test_slo_benchmark_prints_latency_per_rate_and_model() -> None:
+    figures = last_line_figures("bench/slo.py", "--rates", "5", "--seconds", "2")
+    row = figures["5"]
+    assert isinstance(row, dict) and set(row) == {"fixed", "slo"}
+    for got in row.values():
+        assert got["jobs"] >= 1 and got["p95_s"] >= got["p50_s"] > 0

@@ -14,6 +14,10 @@ Three adaptations to the arrival rate:
   from the SDK) keep their batch open until they are all in or it is full: it neither leaves
   early nor at its first deadline (one extension), since the consumer reads a burst in pieces
   that can be more than a window apart on a busy machine.
+- An eager batch (``add(..., eager=True)``; models with a latency target) is asked whether it
+  can start every ``quiet_s`` whether or not items keep joining it: it leaves the moment a
+  worker queue for it is empty, so while the worker is busy it grows with the arrival rate,
+  and when the worker frees up it goes, full or not.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class _Open(Generic[T]):
     extended: bool = False
     refused_early: bool = False  # asked once whether it may leave early; the answer was no
     expected: int = 1  # items announced as sent together with ones in this batch
+    eager: bool = False  # asked every quiet spell, joined or not (see the module docstring)
+    asked_at: float = 0.0
 
     def waiting_for_more(self) -> bool:
         """Items sent together with these (see ``Batcher.add``) have not all arrived."""
@@ -51,7 +57,7 @@ class _Open(Generic[T]):
             return False
         if self.waiting_for_more():
             return True
-        if len(self.items) < 2:
+        if len(self.items) < 2 or self.eager:  # an eager batch keeps its deadline
             return False
         quiet = now - self.last_at
         if quiet > self.max_wait_s / 4:  # the stream has stopped
@@ -104,19 +110,23 @@ class Batcher(Generic[K, T]):
         max_size: int | None = None,
         max_wait_s: float | None = None,
         sent_with: int = 1,
+        eager: bool = False,
     ) -> list[T] | None:
         """Add an item; returns the key's batch if this item filled it.
 
         ``max_size`` and ``max_wait_s`` override the defaults for the batch this item opens
         (limits are per model). ``sent_with`` says how many items were sent together with
         this one: until that many (or a full batch) are in, the batch neither leaves early
-        when quiet nor at its first deadline.
+        when quiet nor at its first deadline. ``eager`` marks the batch this item opens as
+        eager (see the module docstring).
         """
         batch = self._open.get(key)
         now = self.clock()
         if batch is None:
             size, wait = max_size or self.max_size, max_wait_s or self.max_wait_s
-            batch = self._open[key] = _Open(now, size, wait, deadline=now + wait)
+            batch = self._open[key] = _Open(
+                now, size, wait, deadline=now + wait, eager=eager, asked_at=now
+            )
         batch.items.append(item)
         batch.last_at, batch.refused_early = now, False
         batch.expected = max(batch.expected, sent_with)
@@ -148,7 +158,7 @@ class Batcher(Generic[K, T]):
                     if can_start(b.items):
                         keys.append(k)
                     else:
-                        b.refused_early = True
+                        b.refused_early, b.asked_at = True, now
                 continue
             if b.still_filling(now):
                 b.extended, b.deadline = True, b.deadline + b.max_wait_s
@@ -158,9 +168,11 @@ class Batcher(Generic[K, T]):
 
     def _early_at(self, b: _Open[T]) -> float | None:
         """When ``b`` may be asked whether it can leave early; None if it may not be."""
-        if not self.quiet_s or b.refused_early or b.waiting_for_more():
+        if not self.quiet_s or b.waiting_for_more():
             return None
-        return b.last_at + self.quiet_s
+        if b.eager:
+            return b.asked_at + self.quiet_s
+        return None if b.refused_early else b.last_at + self.quiet_s
 
     def seconds_to_next(self) -> float | None:
         """How long until the next partial batch is due, or may leave early; None when

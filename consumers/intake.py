@@ -199,7 +199,8 @@ class Intake:
                 )
                 # one lane per priority: urgent jobs never wait in a batch of routine ones
                 key = (parsed.priority, *batch_key(parsed))
-                batch = self.batcher.add(key, entry, size, wait_s, sent_with(rec))
+                eager = self._has_target(parsed.model)
+                batch = self.batcher.add(key, entry, size, wait_s, sent_with(rec), eager)
                 if batch is not None:
                     self._ready([batch])
         if letters:
@@ -254,6 +255,12 @@ class Intake:
         if self.sizer is None:
             return size, max(0.001, spec.max_latency_s / 2)
         return self.sizer.limits(model, spec.max_latency_s, size)
+
+    def _has_target(self, model: str) -> bool:
+        """Whether ``model`` batches to a latency target: its batches leave as soon as a
+        worker queue is free (eager, see ``consumers.batching``)."""
+        spec = self.registry.get(model)
+        return spec is not None and spec.max_latency_s is not None
 
     def _can_start(self, entries: list[Entry]) -> bool:
         """Whether a quiet partial batch may leave early: a queue for it is empty (``due`` is

@@ -2,17 +2,20 @@
 
 A model with ``max_latency_s`` in the registry gets no fixed window. Workers report the
 seconds each engine call took by batch size (``pipelines.fleet.BatchTimes``); the consumer
-fits ``seconds(b) = fixed + per_job * b`` to those reports and picks, for each new batch:
+fits ``seconds(b) = fixed + per_job * b`` to those reports and gives each new batch:
 
+- a window of a third of the target: a partial batch leaves by then at the latest;
 - the size: the largest ``b`` (at most the model's ``max_batch_size``, its memory ceiling)
-  with ``2 * seconds(b) <= max_latency_s``, so that a job which arrives while a batch of that
-  size runs ahead of it still finishes in time; under a backlog batches fill to it at once;
-- the window: whatever of the target those two calls leave, so a partial batch leaves in time.
+  with ``window + 2 * seconds(b) <= max_latency_s``, so that a job which waited the window and
+  then a batch of that size running ahead of it still finishes in time; under a backlog
+  batches fill to it at once. An engine too slow for that gets batches of one and whatever
+  of the target two calls leave as its window.
 
-Under light load a batch leaves as soon as a worker queue for it is empty (the batcher's
-quiet rule), so a lone job does not wait for its window. Until a size was measured the model
-runs with its ceiling and half the target as its window; the first batches are its
-measurements.
+The batches are eager (``consumers.batching``): one leaves as soon as a worker queue for it
+is empty, however fast jobs join it. Under light load a job leaves at once; as load grows,
+batches grow with it while the worker is busy, up to the size above. Until a size was
+measured the model runs with its ceiling and half the target as its window; the first
+batches are its measurements.
 """
 
 from __future__ import annotations
@@ -66,15 +69,18 @@ def slo_limits(fit: Fit | None, target_s: float, ceiling: int) -> tuple[int, flo
     """(max size, max wait) for a batch under ``target_s`` (see the module docstring)."""
     if fit is None:
         return ceiling, max(MIN_WAIT_S, target_s / 2)
+    window = target_s / 3
+    if window + 2 * fit.seconds(1) > target_s:  # too slow for a window: one job, at once
+        return 1, max(MIN_WAIT_S, target_s - 2 * fit.seconds(1))
     size = 1
-    lo, hi = 1, ceiling
+    lo, hi = 2, ceiling
     while lo <= hi:  # seconds(b) grows with b: the largest b meeting the target
         mid = (lo + hi) // 2
-        if 2 * fit.seconds(mid) <= target_s:
+        if window + 2 * fit.seconds(mid) <= target_s:
             size, lo = mid, mid + 1
         else:
             hi = mid - 1
-    return size, max(MIN_WAIT_S, target_s - 2 * fit.seconds(size))
+    return size, window
 
 
 class SloSizer:

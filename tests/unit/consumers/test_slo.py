@@ -43,15 +43,16 @@ def test_the_fit_recovers_the_engines_cost_per_call_and_per_job() -> None:
     assert Fit.of({}) is None
 
 
-def test_the_largest_batch_two_calls_of_which_meet_the_target() -> None:
-    fit = Fit(0.1, 0.01)  # 2 * (0.1 + 0.01 b) <= 1.0  ->  b <= 40
+def test_a_third_of_the_target_to_wait_and_the_largest_batch_that_fits_the_rest() -> None:
+    fit = Fit(0.1, 0.01)  # 1/3 + 2 * (0.1 + 0.01 b) <= 1.0  ->  b <= 23
     size, wait = slo_limits(fit, 1.0, ceiling=64)
-    assert size == 40 and wait == pytest.approx(0.001)
-    # the memory ceiling caps it, and the time left over becomes the window
-    size, wait = slo_limits(fit, 1.0, ceiling=16)
-    assert size == 16 and wait == pytest.approx(1.0 - 2 * 0.26)
+    assert size == 23 and wait == pytest.approx(1 / 3)
+    # the memory ceiling caps it
+    assert slo_limits(fit, 1.0, ceiling=16) == (16, pytest.approx(1 / 3))
     # a target the engine cannot meet even for one job: batches of one, at once
     assert slo_limits(fit, 0.1, ceiling=64) == (1, pytest.approx(0.001))
+    # too slow for a third of the target: batches of one and what two calls leave
+    assert slo_limits(Fit(0.3, 0.05), 1.0, ceiling=64) == (1, pytest.approx(0.3))
     # nothing measured yet: the ceiling and half the target
     assert slo_limits(None, 1.0, ceiling=64) == (64, 0.5)
 
@@ -59,12 +60,12 @@ def test_the_largest_batch_two_calls_of_which_meet_the_target() -> None:
 def test_the_sizer_reads_the_profile_at_most_every_refresh_and_keeps_it_when_redis_fails() -> None:
     profile, clock = Profile(0.1, 0.01, [4, 16]), Clock()
     sizer = SloSizer(profile, refresh_s=2.0, clock=clock)
-    assert sizer.limits("m", 1.0, 64)[0] == 40
+    assert sizer.limits("m", 1.0, 64)[0] == 23
     clock.now = 1.0
     sizer.limits("m", 1.0, 64)
     assert profile.reads == 1
     profile.down, clock.now = True, 3.0
-    assert sizer.limits("m", 1.0, 64)[0] == 40  # the last fit stands
+    assert sizer.limits("m", 1.0, 64)[0] == 23  # the last fit stands
     assert profile.reads == 2
 
 
@@ -117,24 +118,45 @@ def test_under_a_backlog_batches_grow_to_the_largest_size_that_meets_the_target(
     backlog = [job(f"j{i}", "slo") for i in range(100)] + [job(f"f{i}", "fixed") for i in range(3)]
     src = FakeSource([recs(backlog[:50]), recs(backlog[50:], 50)])
     intake, disp = make(clock, src, Profile(0.095, 0.01, [1, 8, 16]))
-    for _ in range(3):  # the worker takes each batch as it comes
+    for _ in range(4):  # the worker takes each batch as it comes
         intake.step()
         disp.waiting.clear()
-    # 100 jobs: batches of 40 (2 x 0.495 s <= 1 s); the rest waits for its window
-    assert sizes(disp) == [40, 40]
+    # 100 jobs: batches of 23 (1/3 + 2 x 0.325 s <= 1 s); the rest waits for its window
+    assert sizes(disp) == [23, 23, 23, 23]
     disp.waiting[SETTINGS.queue("llm", "cpu")] = 1  # busy: nothing leaves early
-    clock.now = 0.05  # the window: what the two calls leave of the target (1 - 2 x 0.495)
+    clock.now = 0.05
+    intake.step()
+    assert len(intake.batcher) == 8 + 3
+    clock.now = 0.34  # the window: a third of the target
     intake.step()
     assert len(intake.batcher) == 3  # the fixed model's 3 wait for its own window (0.5 s)
-    assert [len(b) for b in intake.ready] == [20]  # the rest left, and waits for room
+    assert [len(b) for b in intake.ready] == [8]  # the rest left, and waits for room
+
+
+def test_a_batch_leaves_when_the_worker_frees_up_though_jobs_keep_joining_it() -> None:
+    clock = Clock()
+    queue = SETTINGS.queue("llm", "cpu")
+    polls = [recs([job(f"j{i}", "slo")], i) for i in range(13)]
+    src = FakeSource(polls)
+    intake, disp = make(clock, src, Profile(0.1, 0.01, [1, 8, 16]))
+    disp.waiting[queue] = 1  # the worker is busy
+    for i in range(10):  # a job every 10 ms, quicker than quiet_s: never quiet
+        clock.now = i * 0.01
+        intake.step()
+    assert sizes(disp) == []
+    disp.waiting.clear()  # the worker took the batch ahead
+    for i in range(10, 13):  # asked every quiet_s: at 0.09 (busy), then 0.12
+        clock.now = i * 0.01
+        intake.step()
+    assert sizes(disp) == [13]  # left at the first ask after the queue emptied, not at 1/3 s
 
 
 def test_a_slower_engine_gets_smaller_batches() -> None:
     clock = Clock()
     src = FakeSource([recs([job(f"j{i}", "slo") for i in range(64)])])
-    intake, disp = make(clock, src, Profile(0.2, 0.05, [1, 4]))  # 2 x (0.2 + 0.05 b) <= 1
+    intake, disp = make(clock, src, Profile(0.2, 0.05, [1, 4]))  # 1/3 + 2 (0.2 + 0.05 b) <= 1
     intake.step()
-    assert sizes(disp)[0] == 6
+    assert sizes(disp)[0] == 2
 
 
 def test_a_target_and_a_window_together_are_refused() -> None:

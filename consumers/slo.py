@@ -1,8 +1,9 @@
 """Batch limits from a latency target: the largest batch the engine finishes in time.
 
 A model with ``max_latency_s`` in the registry gets no fixed window. Workers report the
-seconds each engine call took by batch size (``pipelines.fleet.BatchTimes``); the consumer
-fits ``seconds(b) = fixed + per_job * b`` to those reports and gives each new batch:
+seconds each batch took by its size, from claim to results written
+(``pipelines.fleet.BatchTimes``); the consumer fits ``seconds(b) = fixed + per_job * b``
+to those reports and gives each new batch:
 
 - a window of a third of the target: a partial batch leaves by then at the latest;
 - the size: the largest ``b`` (at most the model's ``max_batch_size``, its memory ceiling)

@@ -14,8 +14,9 @@ one router takes the single probe slot (``half_open``) and sends one batch; the 
 outcome closes the breaker or opens it again. A probe that never reports (its worker died
 too) frees the slot again after another cooldown.
 
-**Batch times.** ``{ns}:batch-seconds:{model}`` maps a batch size to the seconds an engine
-call of that size took, as a moving average kept by each worker (the last worker to report a
+**Batch times.** ``{ns}:batch-seconds:{model}`` maps a batch size to the seconds a batch
+of that size took on a worker, from claiming its jobs to writing their results (one clean engine
+call), as a moving average kept by each worker (the last worker to report a
 size wins). Consumers size the batches of models with a latency target from it
 (``consumers.slo``).
 
@@ -210,7 +211,7 @@ class Breakers:
 
 
 class BatchTimes:
-    """Seconds per engine call by batch size, per model (see the module docstring)."""
+    """Seconds per batch by batch size, per model (see the module docstring)."""
 
     def __init__(self, settings: BlazeSettings, client: redis.Redis | None = None) -> None:
         self.client = client or redis_client(settings, connect_timeout_s=2, timeout_s=5)

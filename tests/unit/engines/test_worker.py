@@ -268,3 +268,33 @@ def test_unseeded_jobs_get_a_seed_from_their_id() -> None:
     run.run(payload(LLMJob(job_id="s1", model="m", prompt="x")))
     assert result(results, "s1")["provenance"]["seed"] == job_seed("s1")
     assert job_seed("s1") == job_seed("s1") != job_seed("s2")
+
+
+class Times:
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, int, float]] = []
+
+    def record(self, model: str, size: int, seconds: float) -> None:
+        self.recorded.append((model, size, seconds))
+
+
+def test_a_clean_batch_reports_its_seconds_by_size_and_a_failed_call_does_not() -> None:
+    times = Times()
+    results, status = MemoryResultStore(), MemoryStatusStore()
+
+    def factory(model: str) -> Engine:
+        if model == "unknown":
+            raise ModelUnavailable("unknown model 'unknown'")
+        return EchoEngine(model)
+
+    run = BatchRunner(
+        SETTINGS,
+        results,
+        status,
+        EngineCache(factory, "cpu"),
+        batch_times=times,  # type: ignore[arg-type]
+    )
+    run.run(payload(*[LLMJob(model="m", prompt=f"p{i}") for i in range(3)]))
+    run.run(payload(LLMJob(model="unknown", prompt="x")))
+    assert [(m, b) for m, b, _ in times.recorded] == [("m", 3)]
+    assert times.recorded[0][2] > 0  # claim to written, not zero

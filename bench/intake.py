@@ -3,10 +3,12 @@
 Runs a private embedded stack on free ports, one consumer and N worker processes serving an
 ``echo`` model (no model compute), submits jobs with the SDK and times first submit to last
 terminal status. Prints a table, then as the last line one JSON object with at least
-``jobs_per_s`` and ``batch_fill`` (mean dispatched batch size / max batch size, 0-1).
+``jobs_per_s``, ``batch_fill`` (mean dispatched batch size / max batch size, 0-1) and
+``results_read`` (jobs whose result document was read back, untimed, with the right answer).
 
     .venv/bin/python bench/intake.py --jobs 5000 --batch 64 --workers 2
     .venv/bin/python bench/intake.py --metrics both --rounds 3   # what the metrics cost
+    .venv/bin/python bench/intake.py --layout batch              # one result object per batch
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from benchkit import stop, wait_for
 from infra.stack import Stack, free_stack_ports
 from pipelines.client import Client
 from pipelines.jobs import LLMJob
+from pipelines.results import LLMResult, parse_result
 from pipelines.settings import BlazeSettings
+from pipelines.stores.batch_results import read_results
 
 
 def cpu_seconds(pid: int) -> float:
@@ -111,6 +115,15 @@ def run_once(
             final = client.wait([h.job_id for h in handles], timeout=600, poll_s=0.05)
             elapsed = time.perf_counter() - t0
             cpu1 = cpu_now(pids)
+            # the invariant, untimed: every job's result document is there, with its answer
+            docs = read_results(
+                settings, client.result_store, client.status_store, [h.job_id for h in handles]
+            )
+            answers = {j.job_id: j.prompt for j in jobs}
+            readable = 0
+            for jid, raw in docs.items():
+                doc = parse_result(raw) if raw is not None else None
+                readable += isinstance(doc, LLMResult) and doc.text == answers[jid]
         ok = sum(s.state.value == "succeeded" for s in final.values())
         consumer.send_signal(signal.SIGTERM)
         consumer.wait(60)
@@ -124,6 +137,8 @@ def run_once(
         return {
             "jobs": args.jobs,
             "succeeded": ok,
+            "results_read": readable,
+            "layout": settings.s3.layout,
             "workers": args.workers,
             "max_batch": args.batch,
             "metrics": metrics,
@@ -156,6 +171,12 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=3, help="rounds of on/off with --metrics both")
     ap.add_argument(
+        "--layout",
+        choices=["job", "batch"],
+        default="job",
+        help="results: one object per job, or one per batch (BLAZE_S3__LAYOUT)",
+    )
+    ap.add_argument(
         "--profile", metavar="DIR", help="cProfile the consumer and workers into DIR/*.prof"
     )
     args = ap.parse_args()
@@ -171,6 +192,7 @@ def main() -> None:
         stack={"state_dir": tmp / "stack", **free_stack_ports()},
         batch={"max_size": args.batch, "max_wait_s": args.wait, "max_queued_batches": 8},
         observe={"run_dir": tmp / "run"},
+        s3={"layout": args.layout},
     )
     settings.registry_file.write_text(
         f"models:\n  noop:\n    engine: echo\n    max_batch_size: {args.batch}\n"

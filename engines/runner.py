@@ -13,8 +13,9 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ import redis
 from pydantic import TypeAdapter, ValidationError
 
 from engines.base import Output
+from engines.batch_layout import Settled, settle_in_batch_object
 from engines.cache import EngineCache
 from engines.documents import result_docs
 from engines.metrics import WorkerMetrics
@@ -71,8 +73,11 @@ class BatchRunner:
         metrics: WorkerMetrics | None = None,
         dead_letters: DeadLetterStore | None = None,
         batch_times: BatchTimes | None = None,
+        layout_of: Callable[[str], str] | None = None,
     ) -> None:
         self.settings = settings
+        # a model's result layout (``pipelines.stores.batch_results``); default: s3.layout
+        self.layout_of = layout_of or (lambda model: settings.s3.layout)
         # seconds per batch by (model, batch size), averaged, shared for SLO batching
         self.batch_times = batch_times
         self.call_seconds: dict[tuple[str, int], float] = {}
@@ -220,45 +225,35 @@ class BatchRunner:
         started: float,
     ) -> dict[str, int]:
         """Store images, then result documents, then terminal states and the manifest."""
-        jobs, keys, claims = batch.jobs, batch.keys, batch.claims
-        claimed, cancelled, done = batch.claimed, batch.cancelled, batch.done
-        # Images first: whoever sees result.json finds every image it names. Both are
+        jobs, claims = batch.jobs, batch.claims
+        claimed, cancelled = batch.claimed, batch.cancelled
+        # Images first: whoever sees a result document finds every image it names. Both are
         # first-writer-wins, so a concurrent rerun of a job can never replace its result.
         self.results.put_many(blobs, if_absent=True)
         docs.extend(cancelled_result(j, claims[j.job_id].attempts) for j in cancelled)
-        items = [
-            (
-                keys.get(d.job_id) or self.settings.result_key(d.job_id),
-                d.to_json(),
-                "application/json",
+        layout = self.layout_of(jobs[0].model) if jobs else "job"
+        if layout == "batch":
+            batch_id = str(payload.get("batch_id") or "") or uuid.uuid4().hex
+            settled = settle_in_batch_object(
+                self.settings, self.results, self.status, batch_id, docs
             )
-            for d in docs
-        ]
-        taken = self.results.put_many(items, if_absent=True)
-        taken |= done
-        final = {d.job_id: d for d in docs if keys.get(d.job_id) not in taken}
-        final.update(self._read_existing(taken))
+        else:
+            settled = self._settle_per_job(batch, docs)
         now = time.time()
-        applied = self.status.update(
-            [
-                StatusUpdate(d.job_id, _STATE[d.status], d.error or "", now)
-                for d in final.values()
-                if d.status != "cancelled"
-            ]
-        )
-        self._write_manifest(payload, jobs, final, started, now)
+        final, taken, applied = settled.final, settled.taken, settled.applied
+        self._write_manifest(payload, jobs, final, started, now, settled.where)
         by_id = {j.job_id: j for j in jobs}
+        mine = [d for d in docs if d.job_id not in taken]
         self._dead_letter(
             [
                 (by_id[d.job_id], d.error or "failed")
-                for d in docs
-                if d.status == "failed" and d.job_id in by_id and keys.get(d.job_id) not in taken
+                for d in mine
+                if d.status == "failed" and d.job_id in by_id
             ]
         )
         if applied.groups_done and self.on_groups_done is not None:
             self.on_groups_done(applied.groups_done)
         if self.metrics is not None:
-            mine = [d for d in docs if keys.get(d.job_id) not in taken]
             self._count(jobs, claimed, claims, mine, now)
         ok = sum(d.status == "succeeded" for d in final.values())
         return {
@@ -268,6 +263,35 @@ class BatchRunner:
             "cancelled": len(cancelled),
             "skipped": len(jobs) - len(claimed) - len(cancelled) + len(taken),
         }
+
+    def _settle_per_job(self, batch: _Claimed, docs: list[AnyResult]) -> Settled:
+        """One ``result.json`` per job (first writer wins), then the terminal states."""
+        keys = batch.keys
+        items = [
+            (
+                keys.get(d.job_id) or self.settings.result_key(d.job_id),
+                d.to_json(),
+                "application/json",
+            )
+            for d in docs
+        ]
+        taken_keys = self.results.put_many(items, if_absent=True) | batch.done
+        taken = {d.job_id for d in docs if keys.get(d.job_id) in taken_keys}
+        final = {d.job_id: d for d in docs if d.job_id not in taken}
+        final.update(self._read_existing(taken_keys))
+        taken |= {jid for jid, k in keys.items() if k in batch.done}
+        now = time.time()
+        applied = self.status.update(
+            [
+                StatusUpdate(d.job_id, _STATE[d.status], d.error or "", now)
+                for d in final.values()
+                if d.status != "cancelled"
+            ]
+        )
+        where: dict[str, tuple[str, tuple[int, int] | None]] = {
+            jid: (self.settings.result_key(jid), None) for jid in final
+        }
+        return Settled(final, taken, applied, where)
 
     def _count(
         self,
@@ -329,6 +353,7 @@ class BatchRunner:
         final: dict[str, AnyResult],
         started: float,
         finished: float,
+        where: dict[str, tuple[str, tuple[int, int] | None]],
     ) -> None:
         batch_id = str(payload.get("batch_id") or "")
         if not batch_id or not is_job_id(batch_id):
@@ -336,14 +361,16 @@ class BatchRunner:
         rows = []
         for j in jobs:
             doc = final.get(j.job_id)
-            rows.append(
-                {
-                    "job_id": j.job_id,
-                    "model": j.model,
-                    "status": doc.status if doc else "skipped",
-                    "key": self.settings.result_key(j.job_id),
-                }
-            )
+            key, span = where.get(j.job_id, (self.settings.result_key(j.job_id), None))
+            row: dict[str, Any] = {
+                "job_id": j.job_id,
+                "model": j.model,
+                "status": doc.status if doc else "skipped",
+                "key": key,
+            }
+            if span is not None:  # its line of a batch object
+                row["offset"], row["length"] = span
+            rows.append(row)
         manifest = {
             "batch_id": batch_id,
             "worker": self.worker_name,

@@ -30,6 +30,7 @@ from pipelines.fleet import BatchTimes, Breakers, Leases
 from pipelines.observe.checks import service_checks
 from pipelines.observe.probes import Check
 from pipelines.observe.process import ProcessObserver, process_id
+from pipelines.registry import load_registry
 from pipelines.settings import BlazeSettings
 from pipelines.stores.deadletters import DeadLetterStore
 from pipelines.stores.results import ResultStore
@@ -155,6 +156,12 @@ def run_worker(
         metrics.watch(cache)
     queues = ",".join(settings.queue(kind, device) for kind in kinds)
     name = f"{settings.namespace}-{device.replace(':', '')}@%h"
+    registry = load_registry(settings)
+
+    def layout_of(model: str) -> str:
+        spec = registry.get(model)
+        return settings.s3.layout if spec is None else spec.layout(settings)
+
     runner = BatchRunner(
         settings,
         results,
@@ -165,6 +172,7 @@ def run_worker(
         metrics,
         dead_letters,
         BatchTimes(settings),
+        layout_of,
     )
     lost: list[str] = []
 

@@ -20,6 +20,7 @@ from pipelines.observe.spans import Spans
 from pipelines.results import RESULT_TYPES, AnyResult, DiffusionResult, parse_result
 from pipelines.settings import BlazeSettings
 from pipelines.stores import connect
+from pipelines.stores.batch_results import parse_loc, read_results
 from pipelines.stores.results import ResultStore
 from pipelines.stores.status import GroupsDone, JobState, JobStatus, StatusStore, StatusUpdate
 
@@ -237,8 +238,12 @@ class Client:
 
     def result(self, job_id: str) -> AnyResult | None:
         """The job's result document from the bucket, or None while it has none."""
-        raw = self.result_store.get(self.settings.result_key(job_id))
+        raw = self._read([job_id])[job_id]
         return None if raw is None else parse_result(raw)
+
+    def _read(self, job_ids: Sequence[str]) -> dict[str, bytes | None]:
+        """Result documents, per job or in batch objects (``pipelines.stores.batch_results``)."""
+        return read_results(self.settings, self.result_store, self.status_store, job_ids)
 
     def iter_results(
         self, job_ids: Sequence[str], timeout: float | None = None, poll_s: float = 0.25
@@ -254,10 +259,9 @@ class Client:
         pending = list(dict.fromkeys(job_ids))
         while pending:
             ended = self._ended(pending)
-            keys = [self.settings.result_key(j) for j in ended]
-            docs = self.result_store.get_many(keys) if keys else {}
-            for (jid, st), key in zip(ended.items(), keys, strict=True):
-                raw = docs.get(key)
+            docs = self._read(list(ended))
+            for jid, st in ended.items():
+                raw = docs.get(jid)
                 if raw is not None:
                     yield parse_result(raw)
                 elif st.state in (JobState.DEAD, JobState.CANCELLED):
@@ -290,7 +294,7 @@ class Client:
 
     def result_files(self, job_id: str) -> dict[str, bytes]:
         """The job's result document and every image it names, by file name."""
-        raw = self.result_store.get(self.settings.result_key(job_id))
+        raw = self._read([job_id])[job_id]
         if raw is None:
             return {}
         files = {"result.json": raw}
@@ -304,13 +308,17 @@ class Client:
         return files
 
     def urls(self, job_id: str, expires_s: int = 3600) -> list[str]:
-        """Presigned URLs of the job's images (or of its result document if it has none)."""
-        raw = self.result_store.get(self.settings.result_key(job_id))
+        """Presigned URLs of the job's images (or of its result document if it has none; in
+        the batch layout, of the batch object holding it)."""
+        raw = self._read([job_id])[job_id]
         if raw is None:
             return []
         doc = parse_result(raw)
         keys = [im.key for im in doc.images] if isinstance(doc, DiffusionResult) else []
-        keys = keys or [self.settings.result_key(job_id)]
+        if not keys:
+            st = self.status_store.get([job_id])[job_id]
+            where = parse_loc(st.loc) if st is not None and st.loc else None
+            keys = [where[0] if where else self.settings.result_key(job_id)]
         return [self.result_store.presign(k, expires_s) for k in keys]
 
     def close(self) -> None:

@@ -114,6 +114,10 @@ class ModelSpec(BaseModel):
         le=1024,
         description="continuous generation: rows computed together (default: max_batch_size)",
     )
+    result_layout: Literal["job", "batch"] | None = Field(
+        default=None,
+        description="one result object per job or per batch (default: s3.layout)",
+    )
     batch_invariant: bool = Field(
         default=False,
         description="LLMs: a job's greedy text is the same alone and in any batch "
@@ -200,6 +204,10 @@ class ModelSpec(BaseModel):
             self.max_batch_size or settings.batch.max_size,
             self.max_wait_s or settings.batch.max_wait_s,
         )
+
+    def layout(self, settings: BlazeSettings) -> str:
+        """Where its results go: ``job`` (one object per job) or ``batch`` (one per batch)."""
+        return self.result_layout or settings.s3.layout
 
 
 class Registry:

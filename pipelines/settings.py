@@ -88,6 +88,11 @@ class S3Settings(_Group):
         default=True, description="If-None-Match on result writes (first writer wins)"
     )
     multipart_threshold_mb: int = Field(default=16, ge=5, le=5120)
+    layout: Literal["job", "batch"] = Field(
+        default="job",
+        description="job: one result.json per job; batch: one object per batch plus each "
+        "job's place in it (throughput-bound workloads; per model: result_layout)",
+    )
     retention_days: float | None = Field(
         default=None, gt=0, description="age at which `blaze results sweep` deletes results"
     )
@@ -430,6 +435,10 @@ class BlazeSettings(BaseSettings):
     def manifest_key(self, batch_id: str) -> str:
         """The manifest of one dispatched batch (which jobs, where, how they ended)."""
         return f"{self.namespace}/batches/{batch_id}/manifest.json"
+
+    def batch_results_key(self, batch_id: str, run: str) -> str:
+        """One attempt's result documents of a batch, in the batch result layout."""
+        return f"{self.namespace}/batches/{batch_id}/results-{run}.jsonl"
 
     def openai_batch_prefix(self, batch_id: str) -> str:
         """Files of one OpenAI-style batch: batch.json, input, requests, output, errors."""

@@ -28,6 +28,7 @@ from pipelines.errors import BlazeError
 from pipelines.jobs import GROUP_TAG, AnyJob, Job, is_job_id
 from pipelines.observe import trace
 from pipelines.results import DiffusionResult, parse_result
+from pipelines.stores.batch_results import read_results
 from pipelines.stores.status import JobState, JobStatus
 
 MAX_FOLLOWED = 1000
@@ -162,7 +163,7 @@ def router(gw: Gateway) -> APIRouter:
     def result(job_id: str, who: Principal = reader) -> dict[str, Any]:
         """The result document (images with presigned URLs); 409 while the job runs."""
         st = owned_status(who, job_id)
-        raw = gw.results.get(gw.settings.result_key(job_id))
+        raw = read_results(gw.settings, gw.results, gw.status, [job_id])[job_id]
         if raw is None:
             if st.state in (JobState.DEAD, JobState.CANCELLED):  # ended before any worker
                 return stand_in(st).model_dump(mode="json")

@@ -31,6 +31,7 @@ from pipelines.openai.outputs import error_line, job_error, success_line
 from pipelines.openai.requests import RequestError, parse_batch_lines, read_batch_file
 from pipelines.results import parse_result
 from pipelines.settings import BlazeSettings, parse_duration
+from pipelines.stores.batch_results import read_results
 from pipelines.stores.results import ResultStore
 from pipelines.stores.status import GroupsDone, JobStatus, StatusStore
 
@@ -364,7 +365,7 @@ class BatchService:
             for chunk in _chunks(requests_rows, 256):
                 ids = [r["job_id"] for r in chunk if r.get("job_id")]
                 statuses = self.status.get(ids) if ids else {}
-                docs = self.store.get_many([self.settings.result_key(j) for j in ids])
+                docs = read_results(self.settings, self.store, self.status, ids)
                 for r in chunk:
                     line, target = self._output_line(info.id, r, statuses, docs, expired)
                     (out if target == "output" else errs).write(json.dumps(line).encode() + b"\n")
@@ -389,7 +390,7 @@ class BatchService:
         if not job_id:
             err = RequestError(**row["error"])
             return error_line(out_id, row.get("custom_id"), None, err), "errors"
-        raw = docs.get(self.settings.result_key(job_id))
+        raw = docs.get(job_id)
         doc = parse_result(raw) if raw is not None else None
         if doc is not None and doc.status == "succeeded":
             bucket = self.settings.s3.bucket

@@ -80,6 +80,15 @@ class StatusUpdate:
     at: float = field(default_factory=time.time)
     group: str = ""
     kind: str = ""
+    loc: str = ""
+    """Where the job's result document lives (batch result layout); see ``records_loc``."""
+
+
+def records_loc(up: StatusUpdate, moved: bool, state_before: JobState | None) -> bool:
+    """Whether ``up`` records its ``loc`` on a job that has none yet: a terminal update that
+    settles the job, or that repeats the terminal state the job already has (a cancelled
+    job's stand-in document). The first one recorded stays: first writer wins."""
+    return bool(up.loc) and up.state.terminal and (moved or state_before is up.state)
 
 
 @dataclass(frozen=True)
@@ -95,14 +104,17 @@ class JobStatus:
     dispatches: int = 0
     group: str = ""
     kind: str = ""
+    loc: str = ""
 
 
 @dataclass(frozen=True)
 class Applied:
-    """What one call changed: the updates that moved a job, and groups it completed."""
+    """What one call changed: the updates that moved a job, groups it completed, and for
+    each update that carried a ``loc`` the job's recorded loc after the call."""
 
     moved: list[StatusUpdate] = field(default_factory=list)
     groups_done: set[str] = field(default_factory=set)
+    locs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

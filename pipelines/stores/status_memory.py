@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from pipelines.stores.status import (
     COUNTERS,
@@ -16,6 +17,7 @@ from pipelines.stores.status import (
     JobStatus,
     StatusUpdate,
     moves,
+    records_loc,
 )
 
 
@@ -28,9 +30,10 @@ def _advance(current: JobStatus | None, up: StatusUpdate) -> JobStatus:
     dispatches = (current.dispatches if current else 0) + (counter == "dispatches")
     group = (current.group if current else "") or up.group
     kind = (current.kind if current else "") or up.kind
+    loc = current.loc if current else ""
     if current is None or moves(current.state.rank, up.state):
         return JobStatus(
-            up.job_id, up.state, up.at, up.reason, attempts, times, dispatches, group, kind
+            up.job_id, up.state, up.at, up.reason, attempts, times, dispatches, group, kind, loc
         )
     return JobStatus(
         current.job_id,
@@ -42,6 +45,7 @@ def _advance(current: JobStatus | None, up: StatusUpdate) -> JobStatus:
         dispatches,
         group,
         kind,
+        loc,
     )
 
 
@@ -63,6 +67,10 @@ class MemoryStatusStore:
         current = self.jobs.get(up.job_id)
         moved = moves(current.state.rank if current else None, up.state)
         new = self.jobs[up.job_id] = _advance(current, up)
+        if not new.loc and records_loc(up, moved, current.state if current else None):
+            new = self.jobs[up.job_id] = replace(new, loc=up.loc)
+        if up.loc:
+            out.locs[up.job_id] = new.loc
         if not moved:
             return
         out.moved.append(up)

@@ -83,6 +83,7 @@ class RedisStatusStore:
                             up.group,
                             up.kind,
                             COUNTERS.get(up.state, ""),
+                            up.loc,
                         ]
                     keys = [self.prefix + calls[i][0].job_id for i in part]
                     self._advance(keys=keys, args=args, client=pipe)
@@ -99,6 +100,8 @@ class RedisStatusStore:
                 applied.moved.append(up)
             if len(row) > 3 and row[3]:
                 applied.groups_done.add(row[3].decode())
+            if up.loc:
+                applied.locs[up.job_id] = row[4].decode() if len(row) > 4 and row[4] else ""
         if self.events is not None and applied.moved:
             self.events(applied.moved)
         return rows, applied
@@ -109,7 +112,8 @@ class RedisStatusStore:
     def claim(self, job_ids: Sequence[str], at: float) -> dict[str, Claim]:
         rows, _ = self._run([(StatusUpdate(j, JobState.RUNNING, at=at), "claim") for j in job_ids])
         out: dict[str, Claim] = {}
-        for j, (moved, state, attempts, _) in zip(job_ids, rows, strict=True):
+        for j, row in zip(job_ids, rows, strict=True):
+            moved, state, attempts = row[:3]
             st = JobState(state.decode()) if state else None
             out[j] = Claim(bool(moved), st, int(attempts))
         return out
@@ -175,6 +179,7 @@ class RedisStatusStore:
                 dispatches=int(fields.get("dispatches", 0)),
                 group=fields.get("group", ""),
                 kind=fields.get("kind", ""),
+                loc=fields.get("loc", ""),
             )
         return out
 

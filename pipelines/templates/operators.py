@@ -31,6 +31,7 @@ from pipelines.client import Client
 from pipelines.errors import BlazeError
 from pipelines.results import parse_result
 from pipelines.settings import BlazeSettings, load_settings
+from pipelines.stores.batch_results import read_results
 from pipelines.stores.status import JobState
 from pipelines.templates.spec import (
     BranchStep,
@@ -162,11 +163,11 @@ class BlazeJobsOperator(_StepOperator):
             )
         ids: list[str] = event.get("job_ids", [])
         with Client(settings) as client:
-            raw = client.result_store.get_many([settings.result_key(j) for j in ids])
-        missing = [j for j in ids if raw.get(settings.result_key(j)) is None]
+            raw = read_results(settings, client.result_store, client.status_store, ids)
+        missing = [j for j in ids if raw.get(j) is None]
         if missing:
             raise AirflowException(f"step {step.id}: no result for {' '.join(missing[:10])}")
-        results = [parse_result(raw[settings.result_key(j)] or b"") for j in ids]
+        results = [parse_result(raw[j] or b"") for j in ids]
         log.info("step %s: %d jobs succeeded", step.id, len(results))
         return job_outputs(step, results)
 

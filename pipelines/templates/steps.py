@@ -21,6 +21,7 @@ from pipelines.jobs import AnyJob, validate_job
 from pipelines.openai.outputs import success_line
 from pipelines.openai.requests import ENDPOINTS
 from pipelines.results import AnyResult, DiffusionResult, EmbedResult, LLMResult, parse_result
+from pipelines.stores.batch_results import read_results
 from pipelines.templates.expressions import ExpressionError, evaluate, parse, text_template
 from pipelines.templates.spec import (
     AnyStep,
@@ -286,7 +287,7 @@ def _openai_output(ctx: RunContext, step: OpenAIOutputStep, client: Client) -> d
     items = ctx.items(step, step.foreach) if step.foreach else list(range(len(ids)))
     if len(items) != len(ids):
         raise ctx.fail(step, f"foreach gave {len(items)} items for {len(ids)} jobs")
-    raw = client.result_store.get_many([client.settings.result_key(j) for j in ids])
+    raw = read_results(client.settings, client.result_store, client.status_store, ids)
     url = {v: k for k, v in ENDPOINTS.items() if k != "/v1/completions"}[
         ctx.template.step(step.source).kind
     ]
@@ -294,7 +295,7 @@ def _openai_output(ctx: RunContext, step: OpenAIOutputStep, client: Client) -> d
     lines = []
     for i, (job_id, item) in enumerate(zip(ids, items, strict=True)):
         custom_id = str(ctx.expr(step, "custom_id", step.custom_id, item=item, index=i))
-        data = raw.get(client.settings.result_key(job_id))
+        data = raw.get(job_id)
         doc = parse_result(data) if data is not None else None
         if doc is not None and doc.status == "succeeded":
             lines.append(success_line(f"batch_req_{job_id}", custom_id, url, doc, bucket))

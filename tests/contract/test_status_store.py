@@ -139,3 +139,36 @@ def test_every_applied_change_and_only_those_reach_the_event_sink(
         ("a", S.SUCCEEDED),
         ("b", S.RUNNING),
     ]
+
+
+def test_the_first_settling_update_records_where_the_result_lives(
+    status_store: StatusStore,
+) -> None:
+    status_store.update([StatusUpdate(j, S.RUNNING) for j in ("a", "b", "c")])
+    first = status_store.update(
+        [StatusUpdate("a", S.SUCCEEDED, loc="r1#0:10"), StatusUpdate("b", S.FAILED, "x", loc="")]
+    )
+    assert first.locs == {"a": "r1#0:10"}
+    # a rerun of the same job (same state or another terminal one) keeps the first loc
+    again = status_store.update(
+        [
+            StatusUpdate("a", S.SUCCEEDED, loc="r2#0:10"),
+            StatusUpdate("b", S.SUCCEEDED, loc="r2#10:5"),
+        ]
+    )
+    assert again.locs == {"a": "r1#0:10", "b": ""}  # b settled as failed without a loc
+    # a cancelled job's stand-in records its loc; a loc on a non-terminal update is ignored
+    status_store.cancel(["d"], "user", 1.0)  # unknown: nothing
+    status_store.update([StatusUpdate("d", S.QUEUED)])
+    status_store.cancel(["d"], "user", 1.0)
+    late = status_store.update(
+        [StatusUpdate("d", S.CANCELLED, loc="r3#0:4"), StatusUpdate("c", S.RUNNING, loc="r3#4:4")]
+    )
+    assert late.locs == {"d": "r3#0:4", "c": ""}
+    got = status_store.get(["a", "b", "c", "d"])
+    assert {j: st.loc for j, st in got.items() if st} == {
+        "a": "r1#0:10",
+        "b": "",
+        "c": "",
+        "d": "r3#0:4",
+    }

@@ -14,7 +14,16 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_intake_benchmark_prints_its_figures_last() -> None:
     figures = last_line_figures("bench/intake.py", "--jobs", "120", "--batch", "16")
     assert figures["succeeded"] == 120 and figures["jobs_per_s"] > 0
+    assert figures["results_read"] == 120 and figures["layout"] == "job"
     assert 0 < figures["batch_fill"] <= 1
+
+
+def test_intake_benchmark_in_the_batch_layout_reads_every_result_back() -> None:
+    figures = last_line_figures(
+        "bench/intake.py", "--jobs", "120", "--batch", "16", "--layout", "batch"
+    )
+    assert figures["succeeded"] == 120 and figures["results_read"] == 120
+    assert figures["layout"] == "batch"
 
 
 def test_bench_rejects_bad_arguments() -> None:

@@ -155,14 +155,17 @@ class Upper:
         return {"model": self.name, "weights": "0123456789abcdef0123"}
 
 
-def flow(tmp_path: Path, lines: list[str]) -> tuple[BatchService, BatchRunner, Client]:
+def flow(
+    tmp_path: Path, lines: list[str], layout: str = "job"
+) -> tuple[BatchService, BatchRunner, Client]:
     store, status = MemoryResultStore(), MemoryStatusStore()
-    client = Client(SETTINGS, status_store=status, result_store=store)
+    settings = SETTINGS.model_copy(update={"s3": SETTINGS.s3.model_copy(update={"layout": layout})})
+    client = Client(settings, status_store=status, result_store=store)
     client._get_producer = lambda: _NullProducer()  # type: ignore[method-assign]
     client._topic = lambda kind: "topic"  # type: ignore[method-assign]
     service = client.batches()
     runner = BatchRunner(
-        SETTINGS, store, status, EngineCache(Upper, "cpu"), on_groups_done=finalize_groups(service)
+        settings, store, status, EngineCache(Upper, "cpu"), on_groups_done=finalize_groups(service)
     )
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
     return service, runner, client
@@ -189,12 +192,13 @@ class _Done:
         pass
 
 
-def test_the_whole_batch_flow_in_memory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["job", "batch"])
+def test_the_whole_batch_flow_in_memory(tmp_path: Path, layout: str) -> None:
     lines = [line(f"c{i}", chat(f"hello {i}")) for i in range(5)]
     lines.append(line("boom", chat("boom")))
     lines.append(line("bad", chat(max_tokens=0)))
     lines.append(line("gone", chat("never")))
-    service, runner, client = flow(tmp_path, lines)
+    service, runner, client = flow(tmp_path, lines, layout)
     info = service.submit(tmp_path / "in.jsonl")
     assert info.status == "in_progress" and info.request_counts.total == 8
     assert info.request_counts.failed == 1  # the invalid line, known at once
@@ -223,6 +227,10 @@ def test_the_whole_batch_flow_in_memory(tmp_path: Path) -> None:
     assert by_id["boom"]["error"]["message"] == "engine said boom"
     assert by_id["bad"]["response"]["body"]["error"]["param"] == "max_new_tokens"
     assert by_id["gone"]["response"] is None and by_id["gone"]["error"]["code"] == "batch_cancelled"
+    per_job = [k for k in client.result_store.objects if k.endswith("/result.json")]  # type: ignore[attr-defined]
+    assert len(per_job) == (7 if layout == "job" else 0)
+    doc = client.result(jobs[0]["job_id"])
+    assert doc is not None and doc.text == "HELLO 0"  # type: ignore[union-attr]
 
 
 def test_cancelling_a_batch_that_has_not_run(tmp_path: Path) -> None:

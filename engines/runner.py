@@ -371,6 +371,8 @@ class BatchRunner:
             if span is not None:  # its line of a batch object
                 row["offset"], row["length"] = span
             rows.append(row)
+        if any(r["status"] == "skipped" for r in rows):
+            rows = self._keep_indexed(batch_id, rows)
         manifest = {
             "batch_id": batch_id,
             "worker": self.worker_name,
@@ -383,6 +385,22 @@ class BatchRunner:
         }
         body = json.dumps(manifest, indent=1).encode()
         self.results.put_many([(self.settings.manifest_key(batch_id), body, "application/json")])
+
+    def _keep_indexed(self, batch_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A rerun of a batch skips the jobs an earlier attempt settled; where that attempt
+        indexed them in a batch object, its manifest rows stay (they are the plain reader's
+        only index of those lines)."""
+        old = self.results.get(self.settings.manifest_key(batch_id))
+        try:
+            before = {r["job_id"]: r for r in json.loads(old or b"{}").get("jobs", [])}
+        except (ValueError, AttributeError, TypeError, KeyError):
+            return rows
+        return [
+            before[r["job_id"]]
+            if r["status"] == "skipped" and "offset" in before.get(r["job_id"], {})
+            else r
+            for r in rows
+        ]
 
     def _parse(self, raw_jobs: Sequence[Any]) -> tuple[list[AnyJob], list[AnyResult]]:
         jobs: list[AnyJob] = []

@@ -101,3 +101,14 @@ def test_the_layout_is_chosen_per_model() -> None:
     assert results.get(SETTINGS.result_key(b.job_id)) is None
     docs = read_results(SETTINGS, results, status, [a.job_id, b.job_id])
     assert all(docs.values())
+
+
+def test_a_rerun_of_a_settled_batch_keeps_the_manifest_index() -> None:
+    run, results, _ = runner()
+    jobs = [LLMJob(model="m", prompt=f"p{i}") for i in range(3)]
+    run.run(payload(*jobs))
+    first = json.loads(results.get(SETTINGS.manifest_key("b1")) or b"")
+    again = run.run(payload(*jobs))  # redelivered: every job already settled
+    assert again["skipped"] == 3
+    second = json.loads(results.get(SETTINGS.manifest_key("b1")) or b"")
+    assert second["jobs"] == first["jobs"]  # still says where each line is

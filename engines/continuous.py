@@ -20,6 +20,7 @@ static path.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,9 +44,22 @@ class ContinuousGenerator:
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
 
-    def generate(self, rows: list[list[int]], limits: list[int]) -> list[list[int]]:
-        """The new tokens of each row (its end-of-sequence token included when it stopped)."""
+    def generate(
+        self,
+        rows: list[list[int]],
+        limits: list[int],
+        on_row: Callable[[int, list[int]], None] | None = None,
+    ) -> list[list[int]]:
+        """The new tokens of each row (its end-of-sequence token included when it stopped);
+        ``on_row(i, tokens)`` hears of each row the step it ends."""
         out: list[list[int]] = [[] for _ in rows]
+
+        def end(done: list[int]) -> None:
+            if on_row is not None:
+                for i in done:
+                    on_row(i, out[i])
+            run.drop(done)
+
         waiting = deque(range(len(rows)))
         run = _Running(self)
         with torch.inference_mode():
@@ -56,12 +70,12 @@ class ContinuousGenerator:
                     first = run.admit([rows[i] for i in admit], admit)
                     for i, tok in zip(admit, first, strict=True):
                         out[i].append(tok)
-                    run.drop([i for i in admit if self._done(out[i], limits[i])])
+                    end([i for i in admit if self._done(out[i], limits[i])])
                 if not run.active:
                     continue
                 for i, tok in zip(run.active, run.step(), strict=True):
                     out[i].append(tok)
-                run.drop([i for i in run.active if self._done(out[i], limits[i])])
+                end([i for i in run.active if self._done(out[i], limits[i])])
         return out
 
     def _done(self, new: list[int], limit: int) -> bool:

@@ -37,6 +37,7 @@ from transformers import (
 
 from engines.base import Output, parameter_bytes, resolve_dtype, torch_dtype, weights_digest
 from engines.continuous import ContinuousGenerator
+from engines.early import report_finished
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import LLMJob
 
@@ -293,10 +294,14 @@ class TransformersLLM:
             live = [i for i in live if i not in set(flowing)]
         if flowing:
             limits = [jobs[i].max_new_tokens for i in flowing]
+
+            def row_done(row: int, new: list[int]) -> None:
+                i = flowing[row]  # each job's output the step it ends: written early
+                out[i] = self._output(jobs[i], new[: limits[row]], prompt_lens[i], None)
+                report_finished(jobs[i].job_id, out[i])
+
             assert self.continuous is not None
-            new = self.continuous.generate([ids[i] for i in flowing], limits)
-            for row, i in enumerate(flowing):
-                out[i] = self._output(jobs[i], new[row][: limits[row]], prompt_lens[i], None)
+            self.continuous.generate([ids[i] for i in flowing], limits, row_done)
         if live:
             self._static(jobs, live, ids, prompt_lens, out)
         return out

@@ -23,11 +23,12 @@ import redis
 from pydantic import TypeAdapter, ValidationError
 
 from engines.base import Output
-from engines.batch_layout import Settled, settle_in_batch_object
 from engines.cache import EngineCache
 from engines.documents import result_docs
+from engines.early import EarlyWriter, on_finished
 from engines.metrics import WorkerMetrics
 from engines.recovery import run_with_retries
+from engines.settle import Settled, merge, settle_in_batch_object, settle_per_job
 from pipelines.errors import ModelUnavailable, ServiceUnavailable
 from pipelines.fleet import BatchTimes
 from pipelines.jobs import AnyJob, Job, is_job_id, job_seed
@@ -82,6 +83,8 @@ class BatchRunner:
         self.batch_times = batch_times
         self.call_seconds: dict[tuple[str, int], float] = {}
         self._timed: list[tuple[str, int]] = []
+        self._early: list[Settled] = []
+        self._batch_id = ""
         self.metrics = metrics
         self.current: dict[str, Any] | None = None  # the batch in hand, for heartbeats
         self.last: dict[str, Any] | None = None  # the last batch's end and outcome
@@ -102,6 +105,7 @@ class BatchRunner:
         started = time.time()
         self.outcome = Counter(engine_calls=0, device_failed=0, retried=0)
         self._timed = []  # (model, size) of each engine call that ran clean
+        self._early = []  # what engine calls of this batch settled before they returned
         raw_jobs = payload.get("jobs", [])
         self.current = {
             "batch_id": payload.get("batch_id"),
@@ -147,6 +151,7 @@ class BatchRunner:
         self, payload: dict[str, Any], started: float, traces: dict[str, str]
     ) -> dict[str, int]:
         queued_at = float(payload.get("queued_at", started))
+        self._batch_id = str(payload.get("batch_id") or "") or uuid.uuid4().hex
         jobs, broken = self._parse(payload.get("jobs", []))
         # Unseeded jobs get a seed from their id: a rerun reproduces the same output.
         jobs = [
@@ -231,19 +236,16 @@ class BatchRunner:
         # first-writer-wins, so a concurrent rerun of a job can never replace its result.
         self.results.put_many(blobs, if_absent=True)
         docs.extend(cancelled_result(j, claims[j.job_id].attempts) for j in cancelled)
-        layout = self.layout_of(jobs[0].model) if jobs else "job"
-        if layout == "batch":
-            batch_id = str(payload.get("batch_id") or "") or uuid.uuid4().hex
-            settled = settle_in_batch_object(
-                self.settings, self.results, self.status, batch_id, docs
-            )
-        else:
-            settled = self._settle_per_job(batch, docs)
+        early = merge(self._early)  # what the engine finished and was written mid-call
+        docs = [d for d in docs if d.job_id not in early.final and d.job_id not in early.taken]
+        done = {j for j, k in batch.keys.items() if k in batch.done}
+        settled = merge([early, self._settle(jobs, self._batch_id, docs, done)])
         now = time.time()
         final, taken, applied = settled.final, settled.taken, settled.applied
         self._write_manifest(payload, jobs, final, started, now, settled.where)
         by_id = {j.job_id: j for j in jobs}
         mine = [d for d in docs if d.job_id not in taken]
+        mine += [d for j, d in early.final.items() if j not in early.taken]
         self._dead_letter(
             [
                 (by_id[d.job_id], d.error or "failed")
@@ -264,34 +266,13 @@ class BatchRunner:
             "skipped": len(jobs) - len(claimed) - len(cancelled) + len(taken),
         }
 
-    def _settle_per_job(self, batch: _Claimed, docs: list[AnyResult]) -> Settled:
-        """One ``result.json`` per job (first writer wins), then the terminal states."""
-        keys = batch.keys
-        items = [
-            (
-                keys.get(d.job_id) or self.settings.result_key(d.job_id),
-                d.to_json(),
-                "application/json",
-            )
-            for d in docs
-        ]
-        taken_keys = self.results.put_many(items, if_absent=True) | batch.done
-        taken = {d.job_id for d in docs if keys.get(d.job_id) in taken_keys}
-        final = {d.job_id: d for d in docs if d.job_id not in taken}
-        final.update(self._read_existing(taken_keys))
-        taken |= {jid for jid, k in keys.items() if k in batch.done}
-        now = time.time()
-        applied = self.status.update(
-            [
-                StatusUpdate(d.job_id, _STATE[d.status], d.error or "", now)
-                for d in final.values()
-                if d.status != "cancelled"
-            ]
-        )
-        where: dict[str, tuple[str, tuple[int, int] | None]] = {
-            jid: (self.settings.result_key(jid), None) for jid in final
-        }
-        return Settled(final, taken, applied, where)
+    def _settle(
+        self, jobs: Sequence[AnyJob], batch_id: str, docs: list[AnyResult], done: set[str]
+    ) -> Settled:
+        """Write ``docs`` in the model's result layout, then record the jobs' states."""
+        if jobs and self.layout_of(jobs[0].model) == "batch":
+            return settle_in_batch_object(self.settings, self.results, self.status, batch_id, docs)
+        return settle_per_job(self.settings, self.results, self.status, docs, done)
 
     def _count(
         self,
@@ -430,8 +411,13 @@ class BatchRunner:
         t0 = time.time()
         failed = False
         fleet = self.settings.fleet
+        timing = (t0, queued_at, batch_size)
+        writer = EarlyWriter(lambda done: self._settle_early(model, jobs, done, timing, hops))
         try:
-            with self.spans.span("blaze.engine", model=model, jobs=len(jobs)):
+            with (
+                self.spans.span("blaze.engine", model=model, jobs=len(jobs)),
+                on_finished(writer.add),
+            ):
                 got = run_with_retries(
                     self.engines,
                     model,
@@ -446,6 +432,8 @@ class BatchRunner:
             failed = got.device_failed
         except ModelUnavailable as exc:
             outputs, prov, failed = [Output(error=str(exc))] * len(jobs), {"model": model}, True
+        finally:
+            writer.close()
         compute = time.time() - t0
         if not failed:
             self._timed.append((model, len(jobs)))
@@ -461,6 +449,36 @@ class BatchRunner:
             batch_size,
             hops,
         )
+
+    def _settle_early(
+        self,
+        model: str,
+        jobs: list[AnyJob],
+        done: list[tuple[str, Output]],
+        timing: tuple[float, float, int],
+        hops: dict[str, str],
+    ) -> set[str]:
+        """Settle jobs the engine reported finished mid-call (``engines.early``; on the
+        writer's thread); returns the job ids settled."""
+        engine = self.engines.engines.get(model)
+        by_id = {j.job_id: j for j in jobs}
+        pairs = [(by_id[j], out) for j, out in done if j in by_id]
+        if engine is None or not pairs:
+            return set()
+        t0, queued_at, batch_size = timing
+        docs, _ = result_docs(
+            self.settings,
+            model,
+            [j for j, _ in pairs],
+            [out for _, out in pairs],
+            engine.describe(),
+            (t0, time.time() - t0, queued_at),
+            batch_size,
+            hops,
+        )
+        settled = self._settle([j for j, _ in pairs], self._batch_id, docs, set())
+        self._early.append(settled)
+        return set(settled.final) | settled.taken
 
     def _time_call(self, model: str, size: int, seconds: float) -> None:
         """Average a batch's seconds, from claiming its jobs to writing their results, into

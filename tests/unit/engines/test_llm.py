@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from engines.base import Output
+from engines.early import on_finished
 from engines.llm import MIN_SHARED_TOKENS, TransformersLLM
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import ChatMessage, LLMJob
@@ -217,8 +218,13 @@ def test_continuous_generation_ends_each_row_at_its_own_limit(tiny_models: Path)
         ]
         sampled = LLMJob(model="tiny", prompt="hello", max_new_tokens=6, temperature=1.0, seed=7)
         stopped = LLMJob(model="tiny", prompt="the lazy dog", max_new_tokens=12, stop=["zzz"])
-        outs = e.run([*jobs, sampled, stopped])
+        heard: list[tuple[str, Output]] = []
+        with on_finished(lambda job_id, out: heard.append((job_id, out))):
+            outs = e.run([*jobs, sampled, stopped])
         assert all(o.error is None for o in outs)
+        # each continuous row is reported the step it ends, with the output it returns
+        assert dict(heard) == {j.job_id: o for j, o in zip(jobs, outs[:4], strict=True)}
+        assert heard[0][0] == jobs[0].job_id  # 2 tokens: the first to end
         for job, o in zip(jobs, outs[:4], strict=True):
             assert o.completion_tokens <= job.max_new_tokens and o.text is not None
             assert o.completion_tokens == job.max_new_tokens or o.finish_reason == "stop"

@@ -1,11 +1,17 @@
-"""The batch result layout with in-memory stores: one object per batch, found by job id."""
+"""Settling results with in-memory stores: the batch layout, and jobs written mid-call."""
 
 import json
+import time
+from collections.abc import Sequence
 from typing import Any
 
-from engines.batch_layout import settle_in_batch_object
+import pytest
+
+from engines.base import Output
 from engines.cache import EngineCache
+from engines.early import EarlyWriter, report_finished
 from engines.runner import BatchRunner
+from engines.settle import settle_in_batch_object
 from pipelines.jobs import LLMJob
 from pipelines.results import LLMResult, parse_result
 from pipelines.settings import BlazeSettings
@@ -112,3 +118,80 @@ def test_a_rerun_of_a_settled_batch_keeps_the_manifest_index() -> None:
     assert again["skipped"] == 3
     second = json.loads(results.get(SETTINGS.manifest_key("b1")) or b"")
     assert second["jobs"] == first["jobs"]  # still says where each line is
+
+
+class Reporting:
+    """Finishes its first job mid-call (as continuous generation does) and, before it returns,
+    waits until that job's result can be read: only an early write lets it through."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.read_early: bool | None = None
+        self.reader: Any = None
+
+    def load(self, device: str) -> None:
+        pass
+
+    def run(self, batch: Sequence[LLMJob]) -> list[Output]:
+        outs = [Output(text=(j.prompt or "").upper(), finish_reason="stop") for j in batch]
+        report_finished(batch[0].job_id, outs[0])
+        report_finished(batch[1].job_id, Output(error="failures are not written early"))
+        deadline = time.monotonic() + 5
+        while self.reader(batch[0].job_id) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.read_early = self.reader(batch[0].job_id) is not None
+        self.reader_saw_second = self.reader(batch[1].job_id) is not None
+        return outs
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.name, "device": "cpu"}
+
+
+@pytest.mark.parametrize("layout", ["job", "batch"])
+def test_a_job_the_engine_finishes_mid_call_is_readable_before_the_call_returns(
+    layout: str,
+) -> None:
+    settings = SETTINGS.model_copy(update={"s3": SETTINGS.s3.model_copy(update={"layout": layout})})
+    results, status = MemoryResultStore(), MemoryStatusStore()
+    engine = Reporting("m")
+    engine.reader = lambda jid: read_results(settings, results, status, [jid])[jid]
+    run = BatchRunner(settings, results, status, EngineCache(lambda _m: engine, "cpu"))
+    jobs = [LLMJob(model="m", prompt=f"p{i}") for i in range(3)]
+    got = run.run(payload(*jobs))
+    assert engine.read_early is True and engine.reader_saw_second is False
+    assert got == {
+        "jobs": 3,
+        "succeeded": 3,
+        "failed": 0,
+        "cancelled": 0,
+        "skipped": 0,
+        "engine_calls": 1,
+        "device_failed": 0,
+        "retried": 0,
+    }
+    docs = read_results(settings, results, status, [j.job_id for j in jobs])
+    assert [json.loads(d or b"")["text"] for d in docs.values()] == ["P0", "P1", "P2"]
+    manifest = json.loads(results.get(settings.manifest_key("b1")) or b"")
+    assert [r["status"] for r in manifest["jobs"]] == ["succeeded"] * 3
+    # written once: the early job is not written again at the end of the batch
+    events = [u.job_id for u in status.events if u.state is JobState.SUCCEEDED]
+    assert sorted(events) == sorted(j.job_id for j in jobs)
+    if layout == "batch":  # one object for the early job, one for the rest
+        assert len([k for k in results.objects if k.endswith(".jsonl")]) == 2
+    again = run.run(payload(*jobs))  # redelivered: everything was settled
+    assert again["skipped"] == 3
+
+
+def test_a_failed_early_write_leaves_the_jobs_to_the_end_of_the_batch() -> None:
+    calls: list[int] = []
+
+    def settle(done: list[tuple[str, Output]]) -> set[str]:
+        calls.append(len(done))
+        raise ConnectionError("S3 is away")
+
+    writer = EarlyWriter(settle, flush_s=0.01)
+    writer.add("a", Output(text="x"))
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writer.close() == set() and calls == [1]

@@ -277,3 +277,32 @@ def _queued(job_id: str) -> Any:
     from pipelines.stores.status import StatusUpdate
 
     return StatusUpdate(job_id, JobState.QUEUED)
+
+
+def test_continuous_generation_settles_a_short_job_before_its_batch_ends_in_batch_objects(
+    settings: BlazeSettings,
+) -> None:
+    """Real Redis, S3, Kafka and a worker: a continuous model in the batch layout."""
+    settings.registry_file.write_text(
+        "models:\n  flow:\n"
+        f"    source: {settings.models_dir / 'tiny'}\n"
+        "    generation: continuous\n    max_rows: 2\n    max_batch_size: 8\n"
+        "    result_layout: batch\n"
+    )
+    short = LLMJob(model="flow", prompt="a", max_new_tokens=1)
+    longer = LLMJob(model="flow", prompt="the quick brown fox", max_new_tokens=400)
+    ids = [short.job_id, longer.job_id]
+    with running_worker(settings), running_intake(settings), Client(settings) as client:
+        client.submit_many([short, longer])  # sent together: one batch
+        final = client.wait(ids, timeout=120)
+        assert {s.state for s in final.values()} == {JobState.SUCCEEDED}
+        docs = {j: client.result(j) for j in ids}
+    got = {j: d for j, d in docs.items() if isinstance(d, LLMResult)}
+    assert len(got) == 2 and got[longer.job_id].usage.completion_tokens > 50
+    assert got[short.job_id].provenance["batch_size"] == 2  # they did share the batch
+    # settled in two writes: the short job as its row ended, the long one at the end
+    assert final[short.job_id].times["succeeded"] < final[longer.job_id].times["succeeded"]
+    s3 = S3ResultStore(settings)
+    objects = [k for k in s3.list_keys(f"{settings.namespace}/batches/") if k.endswith(".jsonl")]
+    assert len(objects) == 2
+    assert s3.get(settings.result_key(short.job_id)) is None  # no object per job

@@ -57,9 +57,10 @@ class BatchRunner:
     """Runs one dispatched batch end to end; safe to call again with the same batch.
 
     Per batch: claim the jobs (a cancelled job is refused and never runs), skip jobs whose
-    earlier attempt already left a result, run the engine once per model, write images and
-    then result documents with first-writer-wins puts, record terminal states in one call,
-    and write the batch manifest. ``on_groups_done`` hears of groups (OpenAI-style batches)
+    earlier attempt already left a result, run the engine once per model (jobs it reports
+    finished mid-call are settled then, ``engines.early``), write images and then result
+    documents in the model's layout with first-writer-wins writes (``engines.settle``),
+    record terminal states in one call, and write the batch manifest. ``on_groups_done`` hears of groups (OpenAI-style batches)
     whose last job this batch settled.
     """
 

@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: waiting for a process's log line, stopping processes.
+"""What the benchmark scripts share: settings for a private stack, waiting for a process's log
+line, stopping processes.
 
 The scripts run as ``python bench/NAME.py``, so this module is imported by its plain name.
 """
@@ -11,6 +12,22 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+from infra.stack import free_stack_ports
+from pipelines.settings import BlazeSettings
+
+
+def private_settings(namespace: str, tmp: Path, **groups: Any) -> BlazeSettings:
+    """Settings of a private stack kept in ``tmp`` on free ports (models, registry and run
+    files there too); ``groups`` sets other setting groups (``batch={...}``, ``s3={...}``)."""
+    return BlazeSettings(
+        namespace=namespace,
+        models_dir=tmp / "models",
+        registry_file=tmp / "models.yaml",
+        stack={"state_dir": tmp / "stack", **free_stack_ports()},
+        **{"observe": {"run_dir": tmp / "run"}, **groups},
+    )
 
 
 def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:

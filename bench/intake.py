@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchkit import stop, wait_for
+from benchkit import private_settings, stop, wait_for
 
-from infra.stack import Stack, free_stack_ports
+from infra.stack import Stack
 from pipelines.client import Client
 from pipelines.jobs import LLMJob
 from pipelines.results import LLMResult, parse_result
@@ -185,13 +185,10 @@ def main() -> None:
             ap.error(f"--{name} must be >= 1")
 
     tmp = Path(tempfile.mkdtemp(prefix="blaze-bench-"))
-    settings = BlazeSettings(
-        namespace="bench",
-        models_dir=tmp / "models",
-        registry_file=tmp / "models.yaml",
-        stack={"state_dir": tmp / "stack", **free_stack_ports()},
+    settings = private_settings(
+        "bench",
+        tmp,
         batch={"max_size": args.batch, "max_wait_s": args.wait, "max_queued_batches": 8},
-        observe={"run_dir": tmp / "run"},
         s3={"layout": args.layout},
     )
     settings.registry_file.write_text(

@@ -30,12 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchkit import stop, wait_for
+from benchkit import private_settings, stop, wait_for
 
-from infra.stack import Stack, free_stack_ports
+from infra.stack import Stack
 from pipelines.client import Client
 from pipelines.jobs import LLMJob
-from pipelines.settings import BlazeSettings
 
 
 def pct(values: list[float], q: float) -> float:
@@ -86,13 +85,7 @@ def main() -> None:
     if not rates or min(rates) <= 0 or args.seconds <= 0:
         ap.error("--rates and --seconds must be > 0")
     tmp = Path(tempfile.mkdtemp(prefix="blaze-slo-"))
-    settings = BlazeSettings(
-        namespace="slo",
-        models_dir=tmp / "models",
-        registry_file=tmp / "models.yaml",
-        stack={"state_dir": tmp / "stack", **free_stack_ports()},
-        observe={"run_dir": tmp / "run"},
-    )
+    settings = private_settings("slo", tmp)
     engine = "blaze.dev.timed_engine:make"
     settings.registry_file.write_text(
         f"models:\n  fixed:\n    engine: {engine}\n    max_batch_size: {args.fixed_size}\n"

@@ -22,12 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchkit import stop, wait_for
+from benchkit import private_settings, stop, wait_for
 
-from infra.stack import Stack, free_stack_ports
+from infra.stack import Stack
 from pipelines.client import Client
 from pipelines.jobs import LLMJob
-from pipelines.settings import BlazeSettings
 
 
 def rss_mb(pid: int) -> float:
@@ -47,13 +46,10 @@ def main() -> None:
         ap.error("need --jobs >= 10, --chunk >= 1 and --in-flight >= --chunk")
 
     tmp = Path(tempfile.mkdtemp(prefix="blaze-soak-"))
-    settings = BlazeSettings(
-        namespace="soak",
-        models_dir=tmp / "models",
-        registry_file=tmp / "models.yaml",
-        stack={"state_dir": tmp / "stack", **free_stack_ports()},
+    settings = private_settings(
+        "soak",
+        tmp,
         batch={"max_size": 64, "max_wait_s": 0.2, "max_queued_batches": 8},
-        observe={"run_dir": tmp / "run"},
     )
     settings.registry_file.write_text(
         "models:\n  noop:\n    engine: echo\n    max_batch_size: 64\n"

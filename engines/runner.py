@@ -60,8 +60,8 @@ class BatchRunner:
     earlier attempt already left a result, run the engine once per model (jobs it reports
     finished mid-call are settled then, ``engines.early``), write images and then result
     documents in the model's layout with first-writer-wins writes (``engines.settle``),
-    record terminal states in one call, and write the batch manifest. ``on_groups_done`` hears of groups (OpenAI-style batches)
-    whose last job this batch settled.
+    record terminal states in one call, and write the batch manifest. ``on_groups_done``
+    hears of groups (OpenAI-style batches) whose last job this batch settled.
     """
 
     def __init__(

@@ -159,16 +159,7 @@ def test_a_job_the_engine_finishes_mid_call_is_readable_before_the_call_returns(
     jobs = [LLMJob(model="m", prompt=f"p{i}") for i in range(3)]
     got = run.run(payload(*jobs))
     assert engine.read_early is True and engine.reader_saw_second is False
-    assert got == {
-        "jobs": 3,
-        "succeeded": 3,
-        "failed": 0,
-        "cancelled": 0,
-        "skipped": 0,
-        "engine_calls": 1,
-        "device_failed": 0,
-        "retried": 0,
-    }
+    assert (got["succeeded"], got["failed"], got["skipped"], got["engine_calls"]) == (3, 0, 0, 1)
     docs = read_results(settings, results, status, [j.job_id for j in jobs])
     assert [json.loads(d or b"")["text"] for d in docs.values()] == ["P0", "P1", "P2"]
     manifest = json.loads(results.get(settings.manifest_key("b1")) or b"")

@@ -188,7 +188,7 @@ class Intake:
                 if isinstance(parsed, DeadLetter):
                     letters.append((parsed, tp, rec.offset))
                     continue
-                size, wait_s = self._limits(parsed.model)
+                size, wait_s, eager = self._limits(parsed.model)
                 tp_header = header(rec, trace.HEADER)
                 entry = Entry(
                     parsed,
@@ -199,7 +199,6 @@ class Intake:
                 )
                 # one lane per priority: urgent jobs never wait in a batch of routine ones
                 key = (parsed.priority, *batch_key(parsed))
-                eager = self._has_target(parsed.model)
                 batch = self.batcher.add(key, entry, size, wait_s, sent_with(rec), eager)
                 if batch is not None:
                     self._ready([batch])
@@ -243,24 +242,19 @@ class Intake:
         except ServiceUnavailable as exc:
             log.warning("queue depths: %s", exc)
 
-    def _limits(self, model: str) -> tuple[int | None, float | None]:
-        """(max size, max wait) of a new batch of ``model``: the registry's, or from its
-        latency target (``consumers.slo``)."""
+    def _limits(self, model: str) -> tuple[int | None, float | None, bool]:
+        """(max size, max wait, eager) of a new batch of ``model``: the registry's, or from
+        its latency target (``consumers.slo``; such batches are eager: they leave as soon as
+        a worker queue is free, see ``consumers.batching``)."""
         spec = self.registry.get(model)
         if spec is None:
-            return None, None
+            return None, None, False
         size, wait = spec.batch_limits(self.settings)
         if spec.max_latency_s is None:
-            return size, wait
+            return size, wait, False
         if self.sizer is None:
-            return size, max(0.001, spec.max_latency_s / 2)
-        return self.sizer.limits(model, spec.max_latency_s, size)
-
-    def _has_target(self, model: str) -> bool:
-        """Whether ``model`` batches to a latency target: its batches leave as soon as a
-        worker queue is free (eager, see ``consumers.batching``)."""
-        spec = self.registry.get(model)
-        return spec is not None and spec.max_latency_s is not None
+            return size, max(0.001, spec.max_latency_s / 2), True
+        return (*self.sizer.limits(model, spec.max_latency_s, size), True)
 
     def _can_start(self, entries: list[Entry]) -> bool:
         """Whether a quiet partial batch may leave early: a queue for it is empty (``due`` is

@@ -38,6 +38,10 @@ class EngineCache:
     on_load: Callable[[str], None] | None = None
     on_unload: Callable[[str], None] | None = None
 
+    def loaded(self, model: str) -> Engine[Any] | None:
+        """The model's engine if it is loaded; never loads (safe from another thread)."""
+        return self.engines.get(model)
+
     def get(self, model: str) -> Engine[Any]:
         if model in self.engines:
             self.engines.move_to_end(model)

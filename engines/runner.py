@@ -461,7 +461,7 @@ class BatchRunner:
     ) -> set[str]:
         """Settle jobs the engine reported finished mid-call (``engines.early``; on the
         writer's thread); returns the job ids settled."""
-        engine = self.engines.engines.get(model)
+        engine = self.engines.loaded(model)
         by_id = {j.job_id: j for j in jobs}
         pairs = [(by_id[j], out) for j, out in done if j in by_id]
         if engine is None or not pairs:

@@ -38,7 +38,6 @@ from pipelines.results import (
     RESULT_TYPES,
     AnyResult,
     LLMResult,
-    parse_result,
 )
 from pipelines.settings import BlazeSettings
 from pipelines.stores.deadletters import DeadLetter, DeadLetterStore
@@ -316,18 +315,6 @@ class BatchRunner:
             for wait in waits:
                 hist.observe(max(0.0, wait))
 
-    def _read_existing(self, keys: set[str]) -> dict[str, AnyResult]:
-        """Result documents another attempt wrote first: they are the job's outcome."""
-        out: dict[str, AnyResult] = {}
-        for key in keys:
-            raw = self.results.get(key)
-            if raw is not None:
-                doc = parse_result(raw)
-                out[doc.job_id] = doc
-        if keys:
-            log.info("kept %d results an earlier attempt had written", len(keys))
-        return out
-
     def _write_manifest(
         self,
         payload: dict[str, Any],
@@ -353,7 +340,8 @@ class BatchRunner:
             if span is not None:  # its line of a batch object
                 row["offset"], row["length"] = span
             rows.append(row)
-        if any(r["status"] == "skipped" for r in rows):
+        in_objects = bool(jobs) and self.layout_of(jobs[0].model) == "batch"
+        if in_objects and any(r["status"] == "skipped" for r in rows):
             rows = self._keep_indexed(batch_id, rows)
         manifest = {
             "batch_id": batch_id,
@@ -538,13 +526,6 @@ class _Claimed:
     claimed: list[AnyJob]
     cancelled: list[AnyJob]
     done: set[str]
-
-
-_STATE = {
-    "succeeded": JobState.SUCCEEDED,
-    "failed": JobState.FAILED,
-    "cancelled": JobState.CANCELLED,
-}
 
 
 def cancelled_result(job: AnyJob, attempts: int) -> AnyResult:

@@ -19,7 +19,6 @@ from pipelines.settings import BlazeSettings
 from pipelines.stores.results import ResultStore
 from pipelines.stores.status import StatusStore
 
-LAYOUTS = ("job", "batch")
 CONTENT_TYPE = "application/x-ndjson"
 _LOC = re.compile(r"^(?P<key>.+)#(?P<offset>\d+):(?P<length>\d+)$")
 

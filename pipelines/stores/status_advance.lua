@@ -5,7 +5,7 @@
 --        to bump ('' for none), loc ('' for none: see pipelines.stores.status.records_loc).
 -- Ranks come from Python (pipelines.stores.status.RANK): the order is defined there only.
 -- Returns per update {moved, state, attempts, the group this update completed or false,
--- the job's loc or false}.
+-- the job's recorded loc, or false when the update carried none}.
 -- Group keys are derived here (fine on one Redis/Valkey node, not on Redis Cluster).
 local mode, ttl, group_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local running, terminal = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -14,7 +14,6 @@ local function advance(job, a)
   local state, rank, at, reason = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3]
   local group, kind, counter, loc = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
   local cur = tonumber(redis.call('HGET', job, 'rank') or '-1')
-  local before = redis.call('HGET', job, 'state')
   local function attempts() return tonumber(redis.call('HGET', job, 'attempts') or '0') end
   -- a claim is refused once the job ended; a cancel once it runs (or when the job is unknown)
   if (mode == 'claim' and cur >= terminal) or (mode == 'cancel' and (cur < 0 or cur >= running)) then
@@ -38,11 +37,13 @@ local function advance(job, a)
       end
     end
   end
-  if loc ~= '' and rank == terminal and (moved == 1 or before == state) then
+  -- a job that did not move still has the state it had: its loc only joins a repeat of it
+  if loc ~= '' and rank == terminal and (moved == 1 or redis.call('HGET', job, 'state') == state) then
     redis.call('HSETNX', job, 'loc', loc)
   end
   redis.call('EXPIRE', job, ttl)
-  return {moved, redis.call('HGET', job, 'state'), attempts(), done, redis.call('HGET', job, 'loc')}
+  local recorded = loc ~= '' and redis.call('HGET', job, 'loc')
+  return {moved, redis.call('HGET', job, 'state'), attempts(), done, recorded}
 end
 
 local out = {}

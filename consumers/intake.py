@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from kafka.structs import OffsetAndMetadata
 
 from consumers.batching import Batcher
+from consumers.cached import CacheGate
 from consumers.dispatch import Dispatcher
 from consumers.metrics import IntakeMetrics, reason_label
 from consumers.offsets import OffsetTracker
@@ -97,6 +98,7 @@ class Entry:
     offset: int
     read_at: float = 0.0
     traceparent: str | None = None
+    sent_with: int = 1
 
 
 @dataclass
@@ -127,6 +129,8 @@ class Intake:
         metrics: Where counts and gauges go (None: no metrics).
         sizer: Batch limits of models with a latency target (``max_latency_s``); without
             one, such models batch with their ceiling and half the target as the window.
+        gate: The result cache (``consumers.cached``): answers repeated jobs before they are
+            batched (None: every job runs).
     """
 
     def __init__(
@@ -141,9 +145,11 @@ class Intake:
         clock: Callable[[], float] = time.monotonic,
         metrics: IntakeMetrics | None = None,
         sizer: SloSizer | None = None,
+        gate: CacheGate[Entry] | None = None,
     ) -> None:
         self.settings = settings
         self.sizer = sizer
+        self.gate = gate
         self.metrics = metrics
         self._observed_at = float("-inf")
         self.source = source
@@ -175,6 +181,7 @@ class Intake:
             timeout = max_poll_s if wait is None else min(max_poll_s, wait)
         records = self.source.poll(timeout_ms=int(timeout * 1000), max_records=500)
         letters: list[tuple[DeadLetter, Any, int]] = []
+        fresh: list[Entry] = []
         now = self.clock()
         for tp, recs in records.items():
             if self.metrics is not None and recs:
@@ -188,22 +195,25 @@ class Intake:
                 if isinstance(parsed, DeadLetter):
                     letters.append((parsed, tp, rec.offset))
                     continue
-                size, wait_s, eager = self._limits(parsed.model)
                 tp_header = header(rec, trace.HEADER)
-                entry = Entry(
-                    parsed,
-                    tp,
-                    rec.offset,
-                    now,
-                    tp_header.decode("ascii", "replace") if tp_header else None,
+                fresh.append(
+                    Entry(
+                        parsed,
+                        tp,
+                        rec.offset,
+                        now,
+                        tp_header.decode("ascii", "replace") if tp_header else None,
+                        sent_with(rec),
+                    )
                 )
-                # one lane per priority: urgent jobs never wait in a batch of routine ones
-                key = (parsed.priority, *batch_key(parsed))
-                batch = self.batcher.add(key, entry, size, wait_s, sent_with(rec), eager)
-                if batch is not None:
-                    self._ready([batch])
         if letters:
             self._dead_letter(letters)
+        if self.gate is not None:
+            fresh = self.gate.admit(fresh) + self.gate.tick()
+            for e in self.gate.take_answered():
+                self.offsets.settle(e.tp, e.offset)
+        for entry in fresh:
+            self._batch(entry)
         if not self.ready:
             self._ready(batch for _, batch in self.batcher.due(self._can_start))
         else:
@@ -216,6 +226,15 @@ class Intake:
         self.commit()
         if self.metrics is not None and self.clock() - self._observed_at >= 1.0:
             self.observe()
+
+    def _batch(self, entry: Entry) -> None:
+        job = entry.job
+        size, wait_s, eager = self._limits(job.model)
+        # one lane per priority: urgent jobs never wait in a batch of routine ones
+        key = (job.priority, *batch_key(job))
+        batch = self.batcher.add(key, entry, size, wait_s, entry.sent_with, eager)
+        if batch is not None:
+            self._ready([batch])
 
     def observe(self) -> None:
         """Refresh the gauges: lag per partition, open and ready batches, pauses, queue depths."""
@@ -358,6 +377,7 @@ class Intake:
             batch_id=batch_id,
             queued_at=time.time(),
             traces=traces,
+            cache_keys=self.gate.batched(e.job.job_id for e in batch) if self.gate else None,
         )
         # Recorded and published before the hand-off so a fast worker's "running" never
         # precedes it (in Redis or on the event topic); if the dispatch fails the offsets stay
@@ -421,5 +441,8 @@ class Intake:
         self.commit(force=True)
 
     def on_revoked(self, tps: Iterable[Any]) -> None:
+        tps = list(tps)
         self.flush_all()
+        if self.gate is not None:
+            self.gate.forget(tps)
         self.offsets.forget(tps)

@@ -113,6 +113,14 @@ class IntakeMetrics:
             ["queue"],
             registry=r,
         )
+        self.cache_lookups = Counter(
+            "blaze_cache_lookups",
+            "Result cache look-ups at intake by outcome: a hit per tier (memory, redis, s3), "
+            "miss, stale (the cached objects were gone: the job ran) or coalesced (a twin of a "
+            "running job, answered when it ended)",
+            ["outcome"],
+            registry=r,
+        )
         self.poisoned = Counter(
             "blaze_jobs_poisoned",
             "Jobs sent back alone (split) or dead-lettered after their workers died",

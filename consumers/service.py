@@ -18,8 +18,9 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import KafkaError, NoBrokersAvailable
 from kafka.structs import TopicPartition
 
+from consumers.cached import CacheGate
 from consumers.dispatch import CeleryDispatcher, Dispatcher, QueueDepth, RedisQueueDepth
-from consumers.intake import Intake, IntakeStats
+from consumers.intake import Entry, Intake, IntakeStats
 from consumers.metrics import IntakeMetrics, MeteredDepth
 from consumers.reaper import Reaper
 from consumers.routing import FleetView, Router
@@ -31,8 +32,10 @@ from pipelines.observe.checks import service_checks
 from pipelines.observe.heartbeats import HeartbeatStore
 from pipelines.observe.process import ProcessObserver, process_id
 from pipelines.registry import Registry, load_registry
+from pipelines.result_cache import ResultCache
 from pipelines.settings import BlazeSettings
 from pipelines.stores import connect
+from pipelines.stores.status import GroupsDone
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,8 @@ def run_intake(
     registry: Registry | None = None,
     metrics_port: int | None = None,
     metrics: IntakeMetrics | None = None,
+    answers: ResultCache | None = None,
+    on_groups_done: GroupsDone | None = None,
 ) -> IntakeStats:
     """Run the consumer until ``stop`` is set or SIGTERM/SIGINT arrives (main thread only).
 
@@ -108,6 +113,10 @@ def run_intake(
             into Redis; None: neither.
         metrics: Where counts go (default: a fresh registry; none while
             ``settings.observe.enabled`` is off, which also turns the probes off).
+        answers: The result cache (with its result store): repeated jobs are answered at
+            intake (``consumers.cached``); None: every job runs.
+        on_groups_done: Hears of groups (OpenAI-style batches) whose last job a cache hit
+            ended.
     """
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -135,6 +144,17 @@ def run_intake(
     status = connect.status_store(settings)
     dispatcher = dispatcher or CeleryDispatcher(settings)
     reaper = Reaper(settings, dispatcher, status, dead, metrics=metrics)
+    gate: CacheGate[Entry] | None = None
+    if answers is not None and settings.cache.enabled:
+        gate = CacheGate(
+            settings,
+            answers,
+            registry,
+            status,
+            answers.results,
+            metrics=metrics,
+            on_groups_done=on_groups_done,
+        )
     intake = Intake(
         settings,
         consumer,
@@ -145,6 +165,7 @@ def run_intake(
         registry,
         metrics=metrics,
         sizer=SloSizer(BatchTimes(settings)),
+        gate=gate,
     )
     listener.intake = intake
     ready = False

@@ -34,6 +34,7 @@ from pipelines.fleet import BatchTimes
 from pipelines.jobs import AnyJob, Job, is_job_id, job_seed
 from pipelines.observe import trace
 from pipelines.observe.spans import Spans
+from pipelines.result_cache import ResultCache
 from pipelines.results import (
     RESULT_TYPES,
     AnyResult,
@@ -75,12 +76,14 @@ class BatchRunner:
         dead_letters: DeadLetterStore | None = None,
         batch_times: BatchTimes | None = None,
         layout_of: Callable[[str], str] | None = None,
+        answers: ResultCache | None = None,
     ) -> None:
         self.settings = settings
         # a model's result layout (``pipelines.stores.batch_results``); default: s3.layout
         self.layout_of = layout_of or (lambda model: settings.s3.layout)
         # seconds per batch by (model, batch size), averaged, shared for SLO batching
         self.batch_times = batch_times
+        self.answers = answers  # the result cache, where jobs with a cache key leave answers
         self.call_seconds: dict[tuple[str, int], float] = {}
         self._timed: list[tuple[str, int]] = []
         self._early: list[Settled] = []
@@ -255,6 +258,9 @@ class BatchRunner:
         )
         if applied.groups_done and self.on_groups_done is not None:
             self.on_groups_done(applied.groups_done)
+        keys = payload.get("cache_keys")
+        if self.answers is not None and isinstance(keys, dict) and keys:
+            self.answers.store([(keys[j], d) for j, d in final.items() if j in keys])
         if self.metrics is not None:
             self._count(jobs, claimed, claims, mine, now)
         ok = sum(d.status == "succeeded" for d in final.values())

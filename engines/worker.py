@@ -31,6 +31,7 @@ from pipelines.observe.checks import service_checks
 from pipelines.observe.probes import Check
 from pipelines.observe.process import ProcessObserver, process_id
 from pipelines.registry import load_registry
+from pipelines.result_cache import ResultCache
 from pipelines.settings import BlazeSettings
 from pipelines.stores.deadletters import DeadLetterStore
 from pipelines.stores.results import ResultStore
@@ -126,6 +127,7 @@ def run_worker(
     kinds: Sequence[str] = ("llm", "diffusion", "embed"),
     metrics_port: int | None = None,
     dead_letters: DeadLetterStore | None = None,
+    answers: ResultCache | None = None,
 ) -> None:
     """Serve ``{namespace}.{kind}.{device}`` for each kind until SIGTERM.
 
@@ -133,8 +135,10 @@ def run_worker(
     that dies goes back to the queue (late acknowledgement). ``on_groups_done`` hears of job
     groups (OpenAI-style batches) whose last job a batch settled. With a ``metrics_port``
     (0: a free one) it serves /metrics, /livez and /readyz there and beats into Redis.
-    Failed jobs go to ``dead_letters``. Raises ``DeviceLost`` once it stopped because its
-    device failed and would not reload (exit non-zero so that a supervisor restarts it).
+    Failed jobs go to ``dead_letters``; the answers of jobs the consumer gave a cache key
+    are stored in ``answers`` (not with a ``dtype`` override: the key assumed the registry's).
+    Raises ``DeviceLost`` once it stopped because its device failed and would not reload
+    (exit non-zero so that a supervisor restarts it).
     """
     torch_device = pin_device(device)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -173,6 +177,7 @@ def run_worker(
         dead_letters,
         BatchTimes(settings),
         layout_of,
+        answers if dtype is None else None,
     )
     lost: list[str] = []
 

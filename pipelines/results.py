@@ -30,6 +30,8 @@ class _ResultBase(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    cached: bool = False
+    """Answered from the result cache: ``provenance.cached_from`` names the job that ran."""
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()

@@ -1,10 +1,12 @@
 """Retention: delete results (and batch files) older than a configured age.
 
 The unit of deletion is a prefix: one job (``{ns}/jobs/{id}/``), one dispatched batch's
-manifest (``{ns}/batches/{id}/``) or one OpenAI-style batch (``{ns}/openai-batches/{id}/``).
-A prefix goes only when its *newest* object is older than the cutoff, so a job is never left
-half-deleted and nothing still being written is touched; an OpenAI-style batch also stays until
-it has ended.
+manifest (``{ns}/batches/{id}/``), one OpenAI-style batch (``{ns}/openai-batches/{id}/``) or
+one result-cache entry's objects (``{ns}/cache/MODEL/KEY/``). A prefix goes only when its
+*newest* object is older than the cutoff, so a job is never left half-deleted and nothing still
+being written is touched; an OpenAI-style batch also stays until it has ended. Result-cache
+entries stored before the cutoff leave the index too, so a job asked again after a sweep is
+computed again rather than answered from what was swept.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import time
 from dataclasses import dataclass, field
 
 from pipelines.settings import BlazeSettings
+from pipelines.stores.cache_index import CacheIndex
 from pipelines.stores.results import ObjectInfo, ResultStore
 
-AREAS = ("jobs", "batches", "openai-batches")
+AREAS = ("jobs", "batches", "openai-batches", "cache")
+_DEPTH = {"cache": 2}  # path segments that name one unit: cache/MODEL/KEY/
 _OPEN_BATCH = ("validating", "in_progress", "finalizing", "cancelling")
 
 
@@ -29,6 +33,7 @@ class SweepReport:
     objects: int = 0
     bytes: int = 0
     kept_open_batches: int = 0
+    cache_entries: int = 0
 
 
 def sweep(
@@ -38,15 +43,19 @@ def sweep(
     *,
     dry_run: bool = False,
     now: float | None = None,
+    index: CacheIndex | None = None,
 ) -> SweepReport:
-    """Delete every prefix of this namespace whose newest object is older than the cutoff."""
+    """Delete every prefix of this namespace whose newest object is older than the cutoff,
+    and the result-cache entries of ``index`` stored before it."""
     cutoff = (now if now is not None else time.time()) - older_than_s
     report = SweepReport(cutoff)
     for area in AREAS:
         groups: dict[str, list[ObjectInfo]] = {}
         root = f"{settings.namespace}/{area}/"
         for obj in store.scan(root):
-            ident = obj.key[len(root) :].split("/", 1)[0]
+            depth = _DEPTH.get(area, 1)
+            parts = obj.key[len(root) :].split("/")
+            ident = "/".join(parts[:depth])
             groups.setdefault(root + ident + "/", []).append(obj)
         doomed: list[ObjectInfo] = []
         for prefix, objs in groups.items():
@@ -61,6 +70,8 @@ def sweep(
         report.bytes += sum(o.size for o in doomed)
         if doomed and not dry_run:
             store.delete_many([o.key for o in doomed])
+    if index is not None and not dry_run:
+        report.cache_entries = len(index.delete(older_than=cutoff))
     return report
 
 

@@ -263,6 +263,32 @@ class GatewaySettings(_Group):
     jwt_tenant_claim: str = "sub"
 
 
+class CacheSettings(_Group):
+    """The result cache: deterministic jobs whose answer is known are answered at intake."""
+
+    enabled: bool = Field(
+        default=True, description="answer repeated deterministic jobs from the cache"
+    )
+    ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="how long an entry is served")
+    inline_bytes: int = Field(
+        default=16_384,
+        ge=0,
+        le=1 << 20,
+        description="result documents up to this size live in Redis; larger ones (and every "
+        "image) in S3 under {namespace}/cache/",
+    )
+    memory_mb: int = Field(
+        default=64, ge=0, le=65_536, description="the consumer's in-process tier (0: none)"
+    )
+    coalesce_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=86_400,
+        description="a job whose twin is running waits this long for the twin's answer "
+        "before it runs itself (0: never waits)",
+    )
+
+
 class ObserveSettings(_Group):
     """Metrics, health endpoints, heartbeats and logs of the long-running processes."""
 
@@ -331,6 +357,7 @@ class BlazeSettings(BaseSettings):
     airflow: AirflowSettings = AirflowSettings()
     gateway: GatewaySettings = GatewaySettings()
     observe: ObserveSettings = ObserveSettings()
+    cache: CacheSettings = CacheSettings()
 
     @model_validator(mode="after")
     def _stack_secrets(self) -> BlazeSettings:
@@ -439,6 +466,10 @@ class BlazeSettings(BaseSettings):
     def batch_results_key(self, batch_id: str, run: str) -> str:
         """One attempt's result documents of a batch, in the batch result layout."""
         return f"{self.namespace}/batches/{batch_id}/results-{run}.jsonl"
+
+    def cache_prefix(self, model: str) -> str:
+        """Content-addressed cache objects of one model (large results and images)."""
+        return f"{self.namespace}/cache/{model}/"
 
     def openai_batch_prefix(self, batch_id: str) -> str:
         """Files of one OpenAI-style batch: batch.json, input, requests, output, errors."""

@@ -61,12 +61,14 @@ def batch_payload(
     queued_at: float,
     traces: dict[str, str] | None = None,
     priority: int | None = None,
+    cache_keys: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The body of one ``run_batch`` task: the jobs themselves plus batch bookkeeping.
 
     ``traces`` maps job ids to the W3C ``traceparent`` each job arrived with (the consumer's
     hop), so the worker logs and records it with the job's result. ``priority`` (0-9, 9 most
-    urgent) is the batch's: its most urgent job's, by default.
+    urgent) is the batch's: its most urgent job's, by default. ``cache_keys`` maps job ids to
+    their result-cache keys (``pipelines.result_cache``): the worker stores those answers.
     """
     if priority is None:
         priority = max((int(j.get("priority", 5)) for j in jobs), default=5)
@@ -78,4 +80,6 @@ def batch_payload(
     }
     if traces:
         body["traces"] = traces
+    if cache_keys:
+        body["cache_keys"] = cache_keys
     return body

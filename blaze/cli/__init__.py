@@ -15,6 +15,7 @@ from typer.exceptions import TyperException
 
 from blaze.cli import (
     batch,
+    cache,
     demo,
     dlq,
     gateway,
@@ -46,6 +47,7 @@ for group in (
     submit,
     jobs,
     results,
+    cache,
     dlq,
     batch,
     pipeline,

@@ -82,6 +82,7 @@ def worker(
             kinds=kind or JOB_KINDS,
             metrics_port=metrics_port,
             dead_letters=dead,
+            answers=connect.result_cache(settings, results),
         )
     except DeviceLost as exc:
         typer.echo(f"worker stopped: device lost: {exc}", err=True)
@@ -120,17 +121,27 @@ def consume(
     settings = cli_settings()
     setup_logging(loglevel, log_format)
     from consumers.service import run_intake
+    from pipelines.openai.service import BatchService, finalize_groups
     from pipelines.registry import load_registry
+    from pipelines.stores import connect
 
     registry = load_registry(settings)
-    run_intake(
-        settings,
-        devices=device,
-        stop=stop,
-        strategy=strategy,
-        registry=registry,
-        metrics_port=metrics_port,
-    )
+    results = connect.result_store(settings)
+    status = connect.status_store(settings)
+    try:
+        run_intake(
+            settings,
+            devices=device,
+            stop=stop,
+            strategy=strategy,
+            registry=registry,
+            metrics_port=metrics_port,
+            answers=connect.result_cache(settings, results, memory=True),
+            on_groups_done=finalize_groups(BatchService(settings, results, status)),
+        )
+    finally:
+        results.close()
+        status.close()
 
 
 def register(app: typer.Typer) -> None:

@@ -92,10 +92,12 @@ def results_sweep(
     else:
         raise ConfigError("give --older-than (e.g. 30d) or set BLAZE_S3__RETENTION_DAYS")
     store = connect.result_store(settings)
+    cache = connect.result_cache(settings, store)
     try:
-        report = sweep(settings, store, age, dry_run=dry_run)
+        report = sweep(settings, store, age, dry_run=dry_run, index=cache.index)
     finally:
         store.close()
+        cache.index.close()
     verb = "would delete" if dry_run else "deleted"
     parts = ", ".join(f"{n} {area}" for area, n in report.prefixes.items()) or "nothing"
     out.print(
@@ -103,6 +105,8 @@ def results_sweep(
         f"older than {when_day(report.cutoff)}",
         highlight=False,
     )
+    if report.cache_entries:
+        out.print(f"and {report.cache_entries} result-cache entries", highlight=False)
     if report.kept_open_batches:
         out.print(f"kept {report.kept_open_batches} batches that have not ended", highlight=False)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from pipelines.result_cache import ResultCache
 from pipelines.settings import BlazeSettings
+from pipelines.stores.cache_index_redis import RedisCacheIndex
 from pipelines.stores.deadletters_kafka import KafkaDeadLetters
 from pipelines.stores.events_kafka import KafkaStatusEvents
 from pipelines.stores.results_s3 import S3ResultStore
@@ -25,3 +27,10 @@ def status_events(settings: BlazeSettings) -> KafkaStatusEvents:
 
 def dead_letters(settings: BlazeSettings) -> KafkaDeadLetters:
     return KafkaDeadLetters(settings)
+
+
+def result_cache(
+    settings: BlazeSettings, results: S3ResultStore, *, memory: bool = False
+) -> ResultCache:
+    """The result cache over Redis and ``results``; ``memory`` adds the in-process tier."""
+    return ResultCache(settings, RedisCacheIndex(settings), results, memory=memory)

@@ -42,6 +42,11 @@ class ResultStore(Protocol):
         """Write a file of any size from a readable stream, in parts."""
         ...
 
+    def copy_many(self, pairs: Sequence[tuple[str, str]]) -> set[str]:
+        """Copy objects ``(source, destination)`` inside the store (server-side where the
+        backend can); returns the sources that were missing (their copies were not made)."""
+        ...
+
     def get(self, key: str) -> bytes | None: ...
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:

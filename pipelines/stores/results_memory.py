@@ -34,6 +34,17 @@ class MemoryResultStore:
     def put_stream(self, key: str, data: BinaryIO, content_type: str) -> None:
         self.put_many([(key, data.read(), content_type)])
 
+    def copy_many(self, pairs: Sequence[tuple[str, str]]) -> set[str]:
+        missing: set[str] = set()
+        with self._lock:
+            for source, dest in pairs:
+                if source not in self.objects:
+                    missing.add(source)
+                    continue
+                self.objects[dest] = self.objects[source]
+                self.modified[dest] = self.clock()
+        return missing
+
     def get(self, key: str) -> bytes | None:
         return self.objects.get(key)
 

@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
@@ -128,6 +129,23 @@ class S3ResultStore:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._unavailable(exc) from None
         return {item[0] for item, ok in zip(items, written, strict=True) if not ok}
+
+    def _copy(self, pair: tuple[str, str]) -> bool:
+        source, dest = pair
+        try:
+            self.client.copy_object(self.bucket, dest, CopySource(self.bucket, source))
+            return True
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return False
+            raise
+
+    def copy_many(self, pairs: Sequence[tuple[str, str]]) -> set[str]:
+        try:
+            done = list(self._workers().map(self._copy, pairs))
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        return {src for (src, _), ok in zip(pairs, done, strict=True) if not ok}
 
     def put_stream(self, key: str, data: BinaryIO, content_type: str) -> None:
         try:

@@ -234,11 +234,9 @@ class ResultCache:
             if puts:
                 self.results.put_many(puts, if_absent=True)
             self.index.put_many(entries, self.ttl_s)
+            self.index.count({"stored": len(entries)})
         except ServiceUnavailable as exc:
             log.warning("result cache: %d entries not stored: %s", len(entries), exc)
-            return
-        with self._lock:
-            self.tally["stored"] += len(entries)
 
     # -- counters ---------------------------------------------------------------------------
     def drain(self) -> Counter[str]:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,14 +25,17 @@ pytestmark = pytest.mark.integration
 
 @contextmanager
 def running_worker(
-    settings: BlazeSettings, log: Path | None = None
+    settings: BlazeSettings, log: Path | None = None, dtype: str | None = "float32"
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A ``blaze worker --device cpu`` process on the real stack, started and ready.
+    """A ``blaze worker --device cpu`` process on the real stack, started and ready; with a
+    ``dtype`` override (which also keeps it from storing result-cache answers) unless None.
 
     Stopped with SIGTERM afterwards unless the test already ended it.
     """
     log = log or Path(tempfile.mkdtemp()) / "worker.log"
-    cmd = [sys.executable, "-m", "blaze", "worker", "--device", "cpu", "--dtype", "float32"]
+    cmd = [sys.executable, "-m", "blaze", "worker", "--device", "cpu"]
+    if dtype is not None:
+        cmd += ["--dtype", dtype]
     with log.open("ab") as fh:
         proc = subprocess.Popen(
             cmd, env=settings_env(settings), stdout=fh, stderr=subprocess.STDOUT
@@ -101,15 +105,16 @@ class Supervisor:
 
 @contextmanager
 def running_intake(
-    settings: BlazeSettings, timeout: float = 60
+    settings: BlazeSettings, timeout: float = 60, **options: Any
 ) -> Iterator[Callable[[], IntakeStats]]:
-    """The Kafka intake consumer in a thread; returns once it joined its group."""
+    """The Kafka intake consumer in a thread (``options`` go to ``run_intake``); returns once
+    it joined its group."""
     stop, ready = threading.Event(), threading.Event()
     box: dict[str, object] = {}
 
     def target() -> None:
         try:
-            box["stats"] = run_intake(settings, stop=stop, on_ready=ready.set)
+            box["stats"] = run_intake(settings, stop=stop, on_ready=ready.set, **options)
         except BaseException as exc:  # surfaced to the test below
             box["error"] = exc
             ready.set()

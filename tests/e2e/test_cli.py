@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from tests.e2e.conftest import User, stack_s3, wait_for_line
+from tests.e2e.conftest import User, echo_fleet, stack_s3, wait_for_line
 
 pytestmark = pytest.mark.e2e
 
@@ -157,3 +157,36 @@ def test_a_taken_port_is_named(user: User) -> None:
         res = user.run("stack", "up", timeout=120)
     assert res.returncode == 1
     assert f"port {ports['redis_port']}" in res.stderr and "redis" in res.stderr
+
+
+def test_user_warms_inspects_and_clears_the_result_cache(user: User, tmp_path: Path) -> None:
+    echo_fleet(user, tmp_path, "    max_batch_size: 8\n    max_wait_s: 0.2\n")
+    known = tmp_path / "known.jsonl"
+    rows = [{"prompt": f"known question {i}", "max_new_tokens": 8} for i in range(5)]
+    rows.append({"prompt": "sampled, no seed", "temperature": 0.7})
+    known.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    first = user.ok("cache", "warm", str(known), "--model", "fast", timeout=150)
+    assert "warmed 5 jobs: 5 computed, 0 already cached, 0 failed" in first
+    assert f"not cacheable: {known}:6: a sampled job without a seed" in first
+    again = user.ok("cache", "warm", str(known), "--model", "fast", timeout=150)
+    assert "warmed 5 jobs: 0 computed, 5 already cached, 0 failed" in again
+
+    ids = user.ok(
+        "submit", "llm", "--model", "fast", "--prompt", "known question 0", "--max-new-tokens", "8"
+    ).split()
+    assert user.run("wait", *ids, "--timeout", "60", timeout=90).returncode == 0
+    result = user.ok("results", "get", ids[0], "-o", str(tmp_path / "out"))
+    assert result is not None
+    body = json.loads((tmp_path / "out" / ids[0] / "result.json").read_text())
+    assert body["cached"] is True and body["text"].endswith("known question 0")
+
+    stats = json.loads(user.ok("cache", "stats", "--json"))
+    assert stats["stored"] == 5 and stats["redis"]["entries"] == 5
+    assert sum(stats["hits"].values()) == 6 and stats["misses"] >= 5
+
+    assert "cleared 5 entries" in user.ok("cache", "clear", "--model", "fast")
+    third = user.ok("cache", "warm", str(known), "--model", "fast", timeout=150)
+    assert "warmed 5 jobs: 5 computed, 0 already cached" in third
+    bad = user.run("cache", "warm", str(tmp_path / "missing.jsonl"))
+    assert bad.returncode == 2 and "cannot read jobs file" in bad.stderr

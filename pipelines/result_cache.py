@@ -104,6 +104,8 @@ class ResultCache:
             return {}
         now = self.clock()
         hits: dict[str, Hit] = {}
+        if self.memory is not None and self._generation is None:
+            self._generation = self.index.generation()  # what the memory tier starts from
         if self.memory is not None:
             found = {k: e for k in keys if (e := self.memory.get(k)) is not None}
             if found and self._memory_current():
@@ -125,7 +127,7 @@ class ResultCache:
         """Whether the memory tier still holds: entries were not removed meanwhile."""
         assert self.memory is not None
         gen = self.index.generation()
-        if self._generation is not None and gen != self._generation:
+        if gen != self._generation:
             self.memory.clear()
             self._generation = gen
             return False

@@ -59,6 +59,8 @@ class Held(Protocol):
     def offset(self) -> int: ...
     @property
     def traceparent(self) -> str | None: ...
+    @property
+    def ref(self) -> str: ...
 
 
 E = TypeVar("E", bound=Held)
@@ -118,7 +120,7 @@ class CacheGate(Generic[E]):
         in order, to be batched."""
         keyed: list[tuple[E, str | None]] = []
         for e in entries:
-            spec = self.registry.get(e.job.model)
+            spec = self.registry.get(e.ref or e.job.model)
             keyed.append((e, None if spec is None else self.cache.key_of(e.job, spec)))
         keys = [k for _, k in keyed if k is not None]
         if not keys:
@@ -228,6 +230,7 @@ class CacheGate(Generic[E]):
                         at=now,
                         group=job_group(e.job),
                         kind=e.job.kind,
+                        version=e.ref,
                     )
                     for e, _ in pairs
                     if e.job.job_id in docs

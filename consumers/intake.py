@@ -38,7 +38,7 @@ from pipelines.jobs import (
     parse_job,
 )
 from pipelines.observe import trace
-from pipelines.registry import Registry
+from pipelines.registry import Registry, Routed
 from pipelines.settings import BlazeSettings
 from pipelines.stores.deadletters import DeadLetter, DeadLetterStore, Source
 from pipelines.stores.status import JobState, StatusStore, StatusUpdate
@@ -99,6 +99,11 @@ class Entry:
     read_at: float = 0.0
     traceparent: str | None = None
     sent_with: int = 1
+    ref: str = ""
+    """What runs it: ``name@N`` (the version its model reference resolved to), or the name
+    of a model without versions."""
+    shadow: str | None = None
+    """A version that also runs it, apart (``pipelines.versions``)."""
 
 
 @dataclass
@@ -195,15 +200,18 @@ class Intake:
                 if isinstance(parsed, DeadLetter):
                     letters.append((parsed, tp, rec.offset))
                     continue
+                job, routed = parsed
                 tp_header = header(rec, trace.HEADER)
                 fresh.append(
                     Entry(
-                        parsed,
+                        job,
                         tp,
                         rec.offset,
                         now,
                         tp_header.decode("ascii", "replace") if tp_header else None,
                         sent_with(rec),
+                        routed.ref,
+                        routed.shadow,
                     )
                 )
         if letters:
@@ -229,9 +237,10 @@ class Intake:
 
     def _batch(self, entry: Entry) -> None:
         job = entry.job
-        size, wait_s, eager = self._limits(job.model)
-        # one lane per priority: urgent jobs never wait in a batch of routine ones
-        key = (job.priority, *batch_key(job))
+        size, wait_s, eager = self._limits(entry.ref)
+        # one lane per priority: urgent jobs never wait in a batch of routine ones; one batch
+        # runs one version of a model
+        key = (job.priority, *batch_key(job), entry.ref)
         batch = self.batcher.add(key, entry, size, wait_s, entry.sent_with, eager)
         if batch is not None:
             self._ready([batch])
@@ -278,18 +287,18 @@ class Intake:
     def _can_start(self, entries: list[Entry]) -> bool:
         """Whether a quiet partial batch may leave early: a queue for it is empty (``due`` is
         only asked while no ready batch waits ahead of it)."""
-        first = entries[0].job
-        return self.router.has_empty_queue(first.kind, first.model)
+        first = entries[0]
+        return self.router.has_empty_queue(first.job.kind, first.ref)
 
-    def _parse(self, rec: Record) -> AnyJob | DeadLetter:
+    def _parse(self, rec: Record) -> tuple[AnyJob, Routed] | DeadLetter:
         kind = self._kinds.get(rec.topic, "unknown")
         src = Source(rec.topic, rec.partition, rec.offset)
         parsed = parse_job(rec.value, kind, src)
         if isinstance(parsed, DeadLetter):
             return parsed
         payload = (rec.value or b"")[:PAYLOAD_KEEP_BYTES].decode(errors="replace")
-        spec = self.registry.get(parsed.model)
-        if spec is None or spec.kind != parsed.kind:
+        routed = self.registry.route(parsed.model, parsed.job_id)
+        if routed is None or routed.spec.kind != parsed.kind:
             known = [n for n in self.registry.names() if self.registry.specs[n].kind == parsed.kind]
             reason = f"unknown {parsed.kind} model {parsed.model!r} (known: {', '.join(known)})"
             return DeadLetter("intake", reason, parsed.job_id, src, payload=payload)
@@ -300,7 +309,7 @@ class Intake:
             if deadline < datetime.now(UTC):
                 reason = f"deadline {deadline.isoformat()} passed before the job was batched"
                 return DeadLetter("intake", reason, parsed.job_id, src, payload=payload)
-        return parsed
+        return parsed, routed
 
     def _dead_letter(self, letters: list[tuple[DeadLetter, Any, int]]) -> None:
         self.dead_letters.send([d for d, _, _ in letters])
@@ -343,9 +352,9 @@ class Intake:
         full: set[tuple[str, str]] = set()
         waiting: list[list[Entry]] = []
         for batch in self.ready:
-            job = batch[0].job
-            target = (job.kind, job.model)
-            queue = None if target in full else self.router.choose(job.kind, job.model)
+            job, ref = batch[0].job, batch[0].ref
+            target = (job.kind, ref)
+            queue = None if target in full else self.router.choose(job.kind, ref)
             if queue is None:
                 full.add(target)
                 waiting.append(batch)
@@ -378,14 +387,18 @@ class Intake:
             queued_at=time.time(),
             traces=traces,
             cache_keys=self.gate.batched(e.job.job_id for e in batch) if self.gate else None,
+            versions={e.job.job_id: e.ref for e in batch if e.ref != e.job.model},
         )
         # Recorded and published before the hand-off so a fast worker's "running" never
         # precedes it (in Redis or on the event topic); if the dispatch fails the offsets stay
         # uncommitted and the job comes back anyway.
         now = time.time()
-        self.status.update([StatusUpdate(e.job.job_id, JobState.BATCHED, at=now) for e in batch])
+        self.status.update(
+            [StatusUpdate(e.job.job_id, JobState.BATCHED, at=now, version=e.ref) for e in batch]
+        )
         self.status.flush_events()
         self.dispatcher.dispatch(queue, payload)
+        self._shadow(batch)
         for e in batch:
             self.offsets.settle(e.tp, e.offset)
         self.stats.batches += 1
@@ -404,6 +417,28 @@ class Intake:
                 "trace_ids": sorted({t for v in traces.values() if (t := trace.trace_id(v))}),
             },
         )
+
+    def _shadow(self, batch: list[Entry]) -> None:
+        """Copies of the batch's jobs that a shadow version also runs: their own batches,
+        results kept apart; never in the way of the real ones (no room: not run)."""
+        by_ref: dict[str, list[Entry]] = {}
+        for e in batch:
+            if e.shadow:
+                by_ref.setdefault(e.shadow, []).append(e)
+        for ref, entries in by_ref.items():
+            queue = self.router.choose(entries[0].job.kind, ref)
+            if queue is None:
+                log.info("no room for %d shadow jobs of %s: not run", len(entries), ref)
+                continue
+            payload = batch_payload(
+                [e.job.model_dump(mode="json") for e in entries],
+                batch_id=uuid.uuid4().hex,
+                queued_at=time.time(),
+                priority=0,
+                versions={e.job.job_id: ref for e in entries},
+                shadow=ref,
+            )
+            self.dispatcher.dispatch(queue, payload)
 
     def _count_batch(self, queue: str, batch: list[Entry]) -> None:
         m = self.metrics

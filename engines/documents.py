@@ -27,7 +27,10 @@ def result_docs(
     batch_size: int,
     hops: dict[str, str],
 ) -> tuple[list[AnyResult], list[tuple[str, bytes, str]]]:
-    """One document per job; ``timing`` is (engine start, compute seconds, batch queued at)."""
+    """One document per job; ``timing`` is (engine start, compute seconds, batch queued at).
+
+    ``model`` is what ran (``name@N`` for a model with versions): the documents name the model
+    as each job did and carry the version in ``provenance.model_version``."""
     t0, compute, queued_at = timing
     docs: list[AnyResult] = []
     blobs: list[tuple[str, bytes, str]] = []
@@ -35,7 +38,7 @@ def result_docs(
         common: dict[str, Any] = {
             "job_id": job.job_id,
             "status": "failed" if out.error else "succeeded",
-            "model": model,
+            "model": job.model,
             "error": out.error,
             "tags": dict(job.tags),
             "timings": {
@@ -47,6 +50,7 @@ def result_docs(
         seed = out.info.get("seed")
         provenance = {
             **prov,
+            **({"model_version": model} if "@" in model else {}),
             "batch_size": batch_size,
             "seed": job.seed if seed is None else seed,
         }

@@ -87,7 +87,7 @@ def engine_factory(
 
     def make(model: str) -> Engine[Any]:
         spec = state["registry"].get(model)
-        if spec is None:  # a folder may have appeared since start-up
+        if spec is None and registry is None:  # a folder may have appeared since start-up
             state["registry"] = load_registry(settings)
             spec = state["registry"].get(model)
         if spec is None:

@@ -29,6 +29,7 @@ from engines.early import EarlyWriter, on_finished
 from engines.metrics import WorkerMetrics
 from engines.recovery import run_with_retries
 from engines.settle import Settled, merge, settle_in_batch_object, settle_per_job
+from engines.shadow import run_shadow
 from pipelines.errors import ModelUnavailable, ServiceUnavailable
 from pipelines.fleet import BatchTimes
 from pipelines.jobs import AnyJob, Job, is_job_id, job_seed
@@ -105,6 +106,8 @@ class BatchRunner:
 
     def run(self, payload: dict[str, Any]) -> dict[str, int]:
         """Run one batch (see the class docstring); returns counts by outcome."""
+        if payload.get("shadow"):  # copies run on a shadow version: apart, no state
+            return run_shadow(self.settings, self.results, self.engines, payload)
         started = time.time()
         self.outcome = Counter(engine_calls=0, device_failed=0, retried=0)
         self._timed = []  # (model, size) of each engine call that ran clean
@@ -178,8 +181,10 @@ class BatchRunner:
         docs: list[AnyResult] = list(broken)
         blobs: list[tuple[str, bytes, str]] = []
         by_model: dict[str, list[AnyJob]] = {}
-        for j in todo:
-            by_model.setdefault(j.model, []).append(j)
+        refs = payload.get("versions")
+        refs = refs if isinstance(refs, dict) else {}
+        for j in todo:  # one engine per version of a model (name@N), as the consumer chose
+            by_model.setdefault(str(refs.get(j.job_id, j.model)), []).append(j)
         for model, group in by_model.items():
             got_docs, got_blobs = self._run_model(model, group, queued_at, len(jobs), hops)
             docs.extend(got_docs)

@@ -30,7 +30,7 @@ from pipelines.fleet import BatchTimes, Breakers, Leases
 from pipelines.observe.checks import service_checks
 from pipelines.observe.probes import Check
 from pipelines.observe.process import ProcessObserver, process_id
-from pipelines.registry import load_registry
+from pipelines.registry import Registry, load_registry
 from pipelines.result_cache import ResultCache
 from pipelines.settings import BlazeSettings
 from pipelines.stores.deadletters import DeadLetterStore
@@ -128,6 +128,7 @@ def run_worker(
     metrics_port: int | None = None,
     dead_letters: DeadLetterStore | None = None,
     answers: ResultCache | None = None,
+    registry: Registry | None = None,
 ) -> None:
     """Serve ``{namespace}.{kind}.{device}`` for each kind until SIGTERM.
 
@@ -137,6 +138,7 @@ def run_worker(
     (0: a free one) it serves /metrics, /livez and /readyz there and beats into Redis.
     Failed jobs go to ``dead_letters``; the answers of jobs the consumer gave a cache key
     are stored in ``answers`` (not with a ``dtype`` override: the key assumed the registry's).
+    ``registry`` (default: the file's) says what each model, alias and version is.
     Raises ``DeviceLost`` once it stopped because its device failed and would not reload
     (exit non-zero so that a supervisor restarts it).
     """
@@ -150,8 +152,12 @@ def run_worker(
     if settings.worker.torch_threads:
         torch.set_num_threads(settings.worker.torch_threads)
     budget = settings.worker.memory_budget_mb
+    registry = registry or load_registry(settings)
+    preload = [preload_ref(registry, m) for m in preload]
     cache = EngineCache(
-        engine_factory(settings, dtype), torch_device, None if budget is None else budget << 20
+        engine_factory(settings, dtype, registry),
+        torch_device,
+        None if budget is None else budget << 20,
     )
     metrics = WorkerMetrics(device) if settings.observe.enabled else None
     if metrics is None:
@@ -160,7 +166,6 @@ def run_worker(
         metrics.watch(cache)
     queues = ",".join(settings.queue(kind, device) for kind in kinds)
     name = f"{settings.namespace}-{device.replace(':', '')}@%h"
-    registry = load_registry(settings)
 
     def layout_of(model: str) -> str:
         spec = registry.get(model)
@@ -220,6 +225,17 @@ def run_worker(
             observer.stop()
     if lost:
         raise DeviceLost(lost[0])
+
+
+def preload_ref(registry: Registry, model: str) -> str:
+    """What a worker loads for ``--model``: the version the model's ``stable`` alias names
+    (so its batches find it loaded), or the model itself where it has no versions."""
+    if "@" not in model:
+        routed = registry.route(f"{model}@stable", "")
+        if routed is not None:
+            return routed.ref
+    routed = registry.route(model, "")
+    return model if routed is None else routed.ref
 
 
 def worker_checks(

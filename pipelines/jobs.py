@@ -32,8 +32,14 @@ JobId = Annotated[
     StringConstraints(pattern=JOB_ID_PATTERN, min_length=1, max_length=128),
 ]
 ModelName = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length=1, max_length=100)
+    str,
+    StringConstraints(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9][A-Za-z0-9_-]*)?$",
+        min_length=1,
+        max_length=141,
+    ),
 ]
+"""A model (its ``stable`` version), ``model@alias`` or ``model@N`` (``pipelines.versions``)."""
 MAX_PROMPT_CHARS = 32_000
 MAX_IMAGE_PROMPT_CHARS = 2_000
 MAX_EMBED_CHARS = 8_000

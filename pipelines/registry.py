@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -238,14 +239,30 @@ def wheel_file(source: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Routed:
+    """Where a job goes: ``ref`` is what a worker runs (``name@N``, or the name of a model
+    without versions), ``version`` its number, ``shadow`` a ref it also runs on, apart."""
+
+    ref: str
+    spec: ModelSpec
+    version: int | None = None
+    shadow: str | None = None
+
+
 class Registry:
-    """Models by name."""
+    """Models by name (``pipelines.live_registry`` adds versions, aliases and rollout)."""
 
     def __init__(self, specs: dict[str, ModelSpec]) -> None:
         self.specs = dict(specs)
 
     def get(self, name: str) -> ModelSpec | None:
         return self.specs.get(name)
+
+    def route(self, ref: str, job_id: str) -> Routed | None:
+        """Where a job naming ``ref`` runs; None for an unknown model."""
+        spec = self.get(ref)
+        return None if spec is None else Routed(ref, spec)
 
     def names(self) -> list[str]:
         return sorted(self.specs)

@@ -94,7 +94,7 @@ class ResultCache:
         if engine is None:
             engine = self._engines[spec.name] = engine_version(spec)
         hexkey = cache_key(job, spec, digest, engine)
-        return None if hexkey is None else f"{job.model}/{hexkey}"
+        return None if hexkey is None else f"{spec.name}/{hexkey}"
 
     # -- look-ups (consumer) ---------------------------------------------------------------
     def lookup(self, keys: Sequence[str]) -> dict[str, Hit]:

@@ -471,6 +471,10 @@ class BlazeSettings(BaseSettings):
         """Content-addressed cache objects of one model (large results and images)."""
         return f"{self.namespace}/cache/{model}/"
 
+    def shadow_key(self, ref: str, job_id: str) -> str:
+        """A job's result on a shadow version ``name@N`` (never one of the job's own keys)."""
+        return f"{self.namespace}/shadow/{ref}/{job_id}.json"
+
     def openai_batch_prefix(self, batch_id: str) -> str:
         """Files of one OpenAI-style batch: batch.json, input, requests, output, errors."""
         return f"{self.namespace}/openai-batches/{batch_id}/"

@@ -62,6 +62,8 @@ def batch_payload(
     traces: dict[str, str] | None = None,
     priority: int | None = None,
     cache_keys: dict[str, str] | None = None,
+    versions: dict[str, str] | None = None,
+    shadow: str | None = None,
 ) -> dict[str, Any]:
     """The body of one ``run_batch`` task: the jobs themselves plus batch bookkeeping.
 
@@ -69,6 +71,9 @@ def batch_payload(
     hop), so the worker logs and records it with the job's result. ``priority`` (0-9, 9 most
     urgent) is the batch's: its most urgent job's, by default. ``cache_keys`` maps job ids to
     their result-cache keys (``pipelines.result_cache``): the worker stores those answers.
+    ``versions`` maps job ids to the version each runs on (``name@N``, ``pipelines.versions``)
+    where that is not what the job names; a ``shadow`` batch runs its jobs on that version and
+    keeps their results apart (never the jobs' own results, states or events).
     """
     if priority is None:
         priority = max((int(j.get("priority", 5)) for j in jobs), default=5)
@@ -82,4 +87,8 @@ def batch_payload(
         body["traces"] = traces
     if cache_keys:
         body["cache_keys"] = cache_keys
+    if versions:
+        body["versions"] = versions
+    if shadow:
+        body["shadow"] = shadow
     return body

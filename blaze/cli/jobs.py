@@ -34,6 +34,7 @@ def status(
                 "updated_at": s.updated_at,
                 "times": s.times,
                 "group": s.group or None,
+                "version": s.version or None,
             }
             for j, s in rows.items()
         }

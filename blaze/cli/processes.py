@@ -83,6 +83,7 @@ def worker(
             metrics_port=metrics_port,
             dead_letters=dead,
             answers=connect.result_cache(settings, results),
+            registry=connect.live_registry(settings),
         )
     except DeviceLost as exc:
         typer.echo(f"worker stopped: device lost: {exc}", err=True)
@@ -122,10 +123,9 @@ def consume(
     setup_logging(loglevel, log_format)
     from consumers.service import run_intake
     from pipelines.openai.service import BatchService, finalize_groups
-    from pipelines.registry import load_registry
     from pipelines.stores import connect
 
-    registry = load_registry(settings)
+    registry = connect.live_registry(settings)
     results = connect.result_store(settings)
     status = connect.status_store(settings)
     try:

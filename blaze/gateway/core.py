@@ -24,7 +24,6 @@ from blaze.gateway.publisher import Publisher
 from blaze.sdk import Client
 from pipelines.errors import NotFound
 from pipelines.openai.service import BatchInfo, BatchService
-from pipelines.registry import load_registry
 from pipelines.settings import BlazeSettings
 from pipelines.stores import connect
 from pipelines.stores.redis_client import redis_client
@@ -48,7 +47,7 @@ class Gateway:
         self.tokens = TokenVerifier(settings.gateway)
         self.limits = Limits(settings, self.redis, self.status)
         self.audit = AuditLog(settings)
-        self.registry = load_registry(settings)
+        self.registry = connect.live_registry(settings)
         self.metrics = GatewayMetrics()
         self.on_close: list[Callable[[], None]] = []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipelines.live_registry import LiveRegistry
 from pipelines.result_cache import ResultCache
 from pipelines.settings import BlazeSettings
 from pipelines.stores.cache_index_redis import RedisCacheIndex
@@ -9,6 +10,7 @@ from pipelines.stores.deadletters_kafka import KafkaDeadLetters
 from pipelines.stores.events_kafka import KafkaStatusEvents
 from pipelines.stores.results_s3 import S3ResultStore
 from pipelines.stores.status_redis import RedisStatusStore
+from pipelines.stores.versions_redis import RedisVersionStore
 
 
 def status_store(settings: BlazeSettings) -> RedisStatusStore:
@@ -34,3 +36,8 @@ def result_cache(
 ) -> ResultCache:
     """The result cache over Redis and ``results``; ``memory`` adds the in-process tier."""
     return ResultCache(settings, RedisCacheIndex(settings), results, memory=memory)
+
+
+def live_registry(settings: BlazeSettings) -> LiveRegistry:
+    """The registry shared through Redis (versions, aliases, rollout), seeded from the file."""
+    return LiveRegistry(settings, RedisVersionStore(settings))

@@ -82,6 +82,8 @@ class StatusUpdate:
     kind: str = ""
     loc: str = ""
     """Where the job's result document lives (batch result layout); see ``records_loc``."""
+    version: str = ""
+    """The model version the job runs on (``name@N``); the latest one given is kept."""
 
 
 def records_loc(up: StatusUpdate, moved: bool, state_before: JobState | None) -> bool:
@@ -105,6 +107,7 @@ class JobStatus:
     group: str = ""
     kind: str = ""
     loc: str = ""
+    version: str = ""
 
 
 @dataclass(frozen=True)

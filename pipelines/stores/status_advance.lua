@@ -1,8 +1,9 @@
 -- Apply status updates to jobs, each atomically: the rule of pipelines.stores.status.moves.
 -- KEYS = the jobs' hashes, one per update.
 -- ARGV = mode ('set' | 'claim' | 'cancel'), ttl, group key prefix, running rank, terminal
---        rank; then per update 8 values: state, rank, time, reason, group, kind, counter field
---        to bump ('' for none), loc ('' for none: see pipelines.stores.status.records_loc).
+--        rank; then per update 9 values: state, rank, time, reason, group, kind, counter field
+--        to bump ('' for none), loc ('' for none: see pipelines.stores.status.records_loc),
+--        model version ('' for none; the latest one given is kept).
 -- Ranks come from Python (pipelines.stores.status.RANK): the order is defined there only.
 -- Returns per update {moved, state, attempts, the group this update completed or false,
 -- the job's recorded loc, or false when the update carried none}.
@@ -13,6 +14,7 @@ local running, terminal = tonumber(ARGV[4]), tonumber(ARGV[5])
 local function advance(job, a)
   local state, rank, at, reason = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3]
   local group, kind, counter, loc = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
+  local version = ARGV[a + 8]
   local cur = tonumber(redis.call('HGET', job, 'rank') or '-1')
   local function attempts() return tonumber(redis.call('HGET', job, 'attempts') or '0') end
   -- a claim is refused once the job ended; a cancel once it runs (or when the job is unknown)
@@ -22,6 +24,7 @@ local function advance(job, a)
   redis.call('HSETNX', job, 't_' .. state, at)
   if group ~= '' then redis.call('HSETNX', job, 'group', group) end
   if kind ~= '' then redis.call('HSETNX', job, 'kind', kind) end
+  if version ~= '' then redis.call('HSET', job, 'version', version) end
   if counter ~= '' then redis.call('HINCRBY', job, counter, 1) end
   local moved, done = 0, false
   if rank > cur or (rank == cur and cur < terminal) then
@@ -48,6 +51,6 @@ end
 
 local out = {}
 for i, job in ipairs(KEYS) do
-  out[i] = advance(job, 6 + (i - 1) * 8)
+  out[i] = advance(job, 6 + (i - 1) * 9)
 end
 return out

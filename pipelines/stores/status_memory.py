@@ -31,9 +31,20 @@ def _advance(current: JobStatus | None, up: StatusUpdate) -> JobStatus:
     group = (current.group if current else "") or up.group
     kind = (current.kind if current else "") or up.kind
     loc = current.loc if current else ""
+    version = up.version or (current.version if current else "")
     if current is None or moves(current.state.rank, up.state):
         return JobStatus(
-            up.job_id, up.state, up.at, up.reason, attempts, times, dispatches, group, kind, loc
+            up.job_id,
+            up.state,
+            up.at,
+            up.reason,
+            attempts,
+            times,
+            dispatches,
+            group,
+            kind,
+            loc,
+            version,
         )
     return JobStatus(
         current.job_id,
@@ -46,6 +57,7 @@ def _advance(current: JobStatus | None, up: StatusUpdate) -> JobStatus:
         group,
         kind,
         loc,
+        version,
     )
 
 

@@ -84,6 +84,7 @@ class RedisStatusStore:
                             up.kind,
                             COUNTERS.get(up.state, ""),
                             up.loc,
+                            up.version,
                         ]
                     keys = [self.prefix + calls[i][0].job_id for i in part]
                     self._advance(keys=keys, args=args, client=pipe)
@@ -180,6 +181,7 @@ class RedisStatusStore:
                 group=fields.get("group", ""),
                 kind=fields.get("kind", ""),
                 loc=fields.get("loc", ""),
+                version=fields.get("version", ""),
             )
         return out
 

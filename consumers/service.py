@@ -31,7 +31,7 @@ from pipelines.kafka import ensure_topics, unavailable
 from pipelines.observe.checks import service_checks
 from pipelines.observe.heartbeats import HeartbeatStore
 from pipelines.observe.process import ProcessObserver, process_id
-from pipelines.registry import Registry, load_registry
+from pipelines.registry import Registry
 from pipelines.result_cache import ResultCache
 from pipelines.settings import BlazeSettings
 from pipelines.stores import connect
@@ -109,6 +109,8 @@ def run_intake(
 
     Args:
         devices: Route only to these devices (default: every device a model lists).
+        registry: Models, versions and rollout (default: the shared one, seeded from the
+            registry file: ``pipelines.live_registry``).
         metrics_port: Serve /metrics, /livez and /readyz here (0: a free port) and beat
             into Redis; None: neither.
         metrics: Where counts go (default: a fresh registry; none while
@@ -128,7 +130,7 @@ def run_intake(
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
 
-    registry = registry or load_registry(settings)
+    registry = registry or connect.live_registry(settings)
     if not settings.observe.enabled:
         metrics, metrics_port = None, None
     else:

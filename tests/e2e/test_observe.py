@@ -147,8 +147,12 @@ def test_metrics_agree_with_outcomes_and_health_follows_failures(
     auth = {"Authorization": f"Bearer {user.key('ops', 'submit,read,admin')}"}
 
     # -- a few hundred jobs: most run, some fail at the worker, some are dead-lettered ---------
+    asked = iter(range(1000))  # every prompt new: no job is answered from the result cache
+
     def llm(model: str, n: int, **extra: Any) -> list[dict[str, Any]]:
-        return [{"kind": "llm", "model": model, "prompt": f"p{i}", **extra} for i in range(n)]
+        return [
+            {"kind": "llm", "model": model, "prompt": f"p{next(asked)}", **extra} for _ in range(n)
+        ]
 
     bodies = [
         llm("fast", 150),
@@ -174,7 +178,7 @@ def test_metrics_agree_with_outcomes_and_health_follows_failures(
     assert scrape(c_url, "blaze_jobs_dead_lettered_total", reason="deadline") == 10
     assert scrape(w_url, "blaze_jobs_ended_total", state="succeeded") == states["succeeded"]
     assert scrape(w_url, "blaze_jobs_ended_total", state="failed") == states["failed"]
-    assert scrape(w_url, "blaze_engine_errors_total", model="broken") >= 1
+    assert scrape(w_url, "blaze_engine_errors_total", model="broken@1") >= 1  # name@version
     batches = scrape(c_url, "blaze_batches_dispatched_total")
     assert (
         batches
@@ -183,7 +187,7 @@ def test_metrics_agree_with_outcomes_and_health_follows_failures(
     )
     assert scrape(c_url, "blaze_batch_size_sum") == 270
     assert scrape(w_url, "blaze_e2e_seconds_count") == 270
-    assert scrape(w_url, "blaze_engine_loaded", model="fast") == 1
+    assert scrape(w_url, "blaze_engine_loaded", model="fast@1") == 1
     assert scrape(gateway, "blaze_gateway_requests_total", route="/v1/jobs", code="202") == 3
     eventually(
         lambda: (

@@ -443,13 +443,13 @@ class Intake:
     def _count_batch(self, queue: str, batch: list[Entry]) -> None:
         m = self.metrics
         assert m is not None
-        job = batch[0].job
-        spec = self.registry.get(job.model)
+        job, ref = batch[0].job, batch[0].ref or batch[0].job.model  # name@N: the version
+        spec = self.registry.get(ref)
         size = spec.batch_limits(self.settings)[0] if spec else self.settings.batch.max_size
-        m.batches.labels(job.kind, job.model, queue).inc()
-        m.batch_size.labels(job.kind, job.model).observe(len(batch))
-        m.batch_fill.labels(job.kind, job.model).observe(min(1.0, len(batch) / max(1, size)))
-        m.batch_open.labels(job.kind, job.model).observe(max(0.0, self.clock() - batch[0].read_at))
+        m.batches.labels(job.kind, ref, queue).inc()
+        m.batch_size.labels(job.kind, ref).observe(len(batch))
+        m.batch_fill.labels(job.kind, ref).observe(min(1.0, len(batch) / max(1, size)))
+        m.batch_open.labels(job.kind, ref).observe(max(0.0, self.clock() - batch[0].read_at))
 
     def commit(self, force: bool = False) -> None:
         points = self.offsets.commit_points()

@@ -129,24 +129,21 @@ class Rollout:
     def split(self, name: str, version: int | None, percent: float = 0) -> ModelRecord:
         """Send ``percent`` of the model's jobs to ``version`` (None: end the split)."""
         new = None if version is None else _valid(Split, version=version, percent=percent)
-
-        def apply(rec: ModelRecord) -> ModelRecord:
-            if new is not None and new.version not in rec.versions:
-                raise ConfigError(f"model {name!r} has no version {new.version}")
-            return rec.model_copy(update={"split": new})
-
-        return self._change(name, "split", apply, version=version, percent=percent)
+        return self._set(name, "split", new, percent=percent)
 
     def shadow(self, name: str, version: int | None, sample: float = 1.0) -> ModelRecord:
         """Run a ``sample`` of the model's jobs on ``version`` too (None: stop)."""
         new = None if version is None else _valid(Shadow, version=version, sample=sample)
+        return self._set(name, "shadow", new, sample=sample)
 
+    def _set(self, name: str, what: str, new: Split | Shadow | None, **more: Any) -> ModelRecord:
         def apply(rec: ModelRecord) -> ModelRecord:
             if new is not None and new.version not in rec.versions:
                 raise ConfigError(f"model {name!r} has no version {new.version}")
-            return rec.model_copy(update={"shadow": new})
+            return rec.model_copy(update={what: new})
 
-        return self._change(name, "shadow", apply, version=version, sample=sample)
+        version = None if new is None else new.version
+        return self._change(name, what, apply, version=version, **more)
 
 
 def _valid(cls: type[Split] | type[Shadow], **fields: Any) -> Any:

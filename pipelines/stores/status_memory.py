@@ -33,31 +33,11 @@ def _advance(current: JobStatus | None, up: StatusUpdate) -> JobStatus:
     loc = current.loc if current else ""
     version = up.version or (current.version if current else "")
     if current is None or moves(current.state.rank, up.state):
-        return JobStatus(
-            up.job_id,
-            up.state,
-            up.at,
-            up.reason,
-            attempts,
-            times,
-            dispatches,
-            group,
-            kind,
-            loc,
-            version,
-        )
+        state, at, reason = up.state, up.at, up.reason
+    else:
+        state, at, reason = current.state, current.updated_at, current.reason
     return JobStatus(
-        current.job_id,
-        current.state,
-        current.updated_at,
-        current.reason,
-        attempts,
-        times,
-        dispatches,
-        group,
-        kind,
-        loc,
-        version,
+        up.job_id, state, at, reason, attempts, times, dispatches, group, kind, loc, version
     )
 
 

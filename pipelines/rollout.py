@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaAdminClient
+from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
 from pipelines.cache_keys import weights_digest
@@ -157,14 +157,16 @@ def publish_audit(settings: BlazeSettings, entry: dict[str, Any]) -> None:
     """Send an audit entry to ``{namespace}.audit`` if that topic exists (the gateway makes it)."""
     topic = f"{settings.namespace}.audit"
     try:
-        admin = KafkaAdminClient(
+        # the cluster's topic list from a bare consumer (KafkaAdminClient.list_topics fails
+        # on the embedded broker's ACL answer)
+        probe = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap, **settings.kafka.client_config()
         )
         try:
-            if topic not in admin.list_topics():
+            if topic not in probe.topics():
                 return
         finally:
-            admin.close()
+            probe.close()
         producer = make_producer(settings, acks=1)
         try:
             producer.send(topic, key=b"models", value=json.dumps(entry).encode())

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -159,7 +161,7 @@ def test_a_taken_port_is_named(user: User) -> None:
     assert f"port {ports['redis_port']}" in res.stderr and "redis" in res.stderr
 
 
-def test_user_warms_inspects_and_clears_the_result_cache(user: User, tmp_path: Path) -> None:
+def test_user_warms_the_cache_and_rolls_a_model_version_out(user: User, tmp_path: Path) -> None:
     echo_fleet(user, tmp_path, "    max_batch_size: 8\n    max_wait_s: 0.2\n")
     known = tmp_path / "known.jsonl"
     rows = [{"prompt": f"known question {i}", "max_new_tokens": 8} for i in range(5)]
@@ -190,3 +192,45 @@ def test_user_warms_inspects_and_clears_the_result_cache(user: User, tmp_path: P
     assert "warmed 5 jobs: 5 computed, 0 already cached" in third
     bad = user.run("cache", "warm", str(tmp_path / "missing.jsonl"))
     assert bad.returncode == 2 and "cannot read jobs file" in bad.stderr
+
+    # -- the same fleet rolls a new version of its model out, and back ---------------------
+    def ask(prompt: str) -> tuple[str, dict[str, Any]]:
+        ids = user.ok("submit", "llm", "--model", "fast", "--prompt", prompt).split()
+        assert user.run("wait", *ids, "--timeout", "60", timeout=90).returncode == 0
+        return ids[0], json.loads(user.ok("status", ids[0], "--json"))[ids[0]]
+
+    added = user.ok("models", "add-version", "fast", "--set", "max_batch_size=4", "--note", "v2")
+    assert "fast: added version 2" in added and "stable=1" in added
+    assert ask("before the promote")[1]["version"] == "fast@1"
+    assert "stable=2" in user.ok("models", "promote", "fast", "2")
+    deadline = time.monotonic() + 10
+    while ask(f"after the promote {time.monotonic()}")[1]["version"] != "fast@2":
+        assert time.monotonic() < deadline, "the promote did not reach the consumer"
+    assert "stable=1" in user.ok("models", "rollback", "fast")
+    assert "shadow version 2" in user.ok("models", "shadow", "fast", "2", "--sample", "1")
+    time.sleep(1.5)  # the consumer rereads the registry once a second
+    shadowed = [ask(f"shadowed {i}")[0] for i in range(3)]
+    deadline = time.monotonic() + 20
+    while (cmp := json.loads(user.ok("models", "compare", "fast", "--json")))["pairs"] < 3:
+        assert time.monotonic() < deadline, cmp
+        time.sleep(0.5)
+    assert cmp["agreement"] == 1.0 and cmp["shadow_versions"] == {"fast@2": 3}
+    assert all(not (tmp_path / "out" / j).exists() for j in shadowed)
+    history = json.loads(user.ok("models", "versions", "fast", "--json"))
+    actions = [e["action"] for e in history["audit"]]
+    assert actions[:4] == ["shadow", "rollback", "promote", "add-version"]
+    assert history["record"]["aliases"] == {"stable": 1}
+    audit = KafkaConsumer(
+        "e2e.audit",
+        bootstrap_servers=f"127.0.0.1:{user.ports['kafka_port']}",  # type: ignore[attr-defined]
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    published = [json.loads(m.value) for m in audit if m.key == b"models"]
+    audit.close()
+    assert [e["action"] for e in published] == ["add-version", "promote", "rollback", "shadow"]
+    assert published[1]["aliases"] == {"stable": 2} and published[1]["actor"].startswith("cli:")
+    wrong = user.run("models", "promote", "fast", "9")
+    assert wrong.returncode == 2 and "has no version 9" in wrong.stderr
+    wrong = user.run("models", "split", "fast")
+    assert wrong.returncode == 2 and "give a VERSION" in wrong.stderr

@@ -14,6 +14,7 @@ import pytest
 from pipelines.cache_keys import forget_digests
 from pipelines.client import Client
 from pipelines.jobs import AnyJob, DiffusionJob, LLMJob
+from pipelines.openai.service import BatchService, finalize_groups
 from pipelines.result_cache import ResultCache
 from pipelines.results import AnyResult, DiffusionResult
 from pipelines.retention import sweep
@@ -35,9 +36,10 @@ def cached_pipeline(settings: BlazeSettings) -> Iterator[tuple[Client, ResultCac
         store = S3ResultStore(settings)
         stack.callback(store.close)
         cache = ResultCache(settings, RedisCacheIndex(settings), store, memory=True)
-        stack.enter_context(running_worker(settings, dtype=None))
-        stack.enter_context(running_intake(settings, answers=cache))
         client = stack.enter_context(Client(settings))
+        finalize = finalize_groups(BatchService.of(client))
+        stack.enter_context(running_worker(settings, dtype=None))
+        stack.enter_context(running_intake(settings, answers=cache, on_groups_done=finalize))
         yield client, cache
 
 
@@ -167,3 +169,36 @@ def test_what_changes_the_answer_misses_and_swept_or_lost_entries_run_again(
         shutil.copy(tiny_models / "tiny2" / name, folder / name)
     with cached_pipeline(settings) as (client, _):
         assert not run(client, [LLMJob(job_id="r1", **job)])["r1"].cached
+
+
+def test_a_resubmitted_openai_batch_is_answered_and_finished_by_the_consumer(
+    settings: BlazeSettings,
+) -> None:
+    def line(n: int) -> str:
+        body = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": f"q{n}"}],
+            "max_tokens": 3,
+        }
+        req = {"custom_id": f"r{n}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        return json.dumps(req)
+
+    lines = [(n, line(n)) for n in range(1, 6)]
+    with cached_pipeline(settings) as (client, _):
+        service = BatchService.of(client)
+        first = service.submit_lines(lines, source="first.jsonl")
+        assert service.wait(first.id, timeout=120).status == "completed"
+        again = service.submit_lines(lines, source="again.jsonl")
+        deadline = time.monotonic() + 60
+        while service.load(again.id).status != "completed":  # no refresh: the consumer's hook
+            assert time.monotonic() < deadline, service.load(again.id)
+            time.sleep(0.2)
+        outputs = [
+            json.loads(x)
+            for x in (
+                client.result_store.get(settings.openai_batch_prefix(again.id) + "output.jsonl")
+                or b""
+            ).splitlines()
+        ]
+    assert sorted(o["custom_id"] for o in outputs) == [f"r{n}" for n in range(1, 6)]
+    assert all(o["response"]["status_code"] == 200 for o in outputs)

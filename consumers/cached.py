@@ -35,6 +35,9 @@ from pipelines.stores.status import GroupsDone, JobState, StatusStore, StatusUpd
 log = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 0.2
+ANSWER_GRACE_S = 2.0
+"""How long after its twin succeeded a parked job still waits for the answer to be stored
+(a worker stores answers right after it settles its batch)."""
 FLUSH_EVERY_S = 1.0
 MAX_IN_FLIGHT = 200_000
 OUTCOMES = {
@@ -113,6 +116,7 @@ class CacheGate(Generic[E]):
         self._flushed = float("-inf")
         self._counts: Counter[str] = Counter()
         self._pending: Counter[str] = Counter()  # not yet added to the shared counters
+        self._succeeded: dict[str, float] = {}  # twins' origins seen succeeded, and when
 
     # -- jobs just read ----------------------------------------------------------------------
     def admit(self, entries: list[E]) -> list[E]:
@@ -182,6 +186,10 @@ class CacheGate(Generic[E]):
             origin = origins.get(p.key)
             state = states.get(origin) if origin is not None else None
             ended = origin is None or (state is not None and state.terminal)
+            if ended and state is JobState.SUCCEEDED and origin is not None:
+                # its answer reaches the index just after its state: give it a moment
+                seen = self._succeeded.setdefault(origin, now)
+                ended = now - seen >= ANSWER_GRACE_S
             if id(p.entry) in stale or ended or now - p.since >= self.coalesce_s:
                 if p.key in self.in_flight and self.in_flight[p.key] != origin:
                     keep.append(p)  # a twin released this round runs for it
@@ -191,6 +199,8 @@ class CacheGate(Generic[E]):
             else:
                 keep.append(p)
         self.parked = keep
+        waiting = {self.in_flight.get(p.key) for p in keep}
+        self._succeeded = {j: t for j, t in self._succeeded.items() if j in waiting}
         self._observe()
         return release
 

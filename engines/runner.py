@@ -88,6 +88,7 @@ class BatchRunner:
         self.call_seconds: dict[tuple[str, int], float] = {}
         self._timed: list[tuple[str, int]] = []
         self._early: list[Settled] = []
+        self._cache_keys: dict[str, str] = {}  # the batch's jobs' result-cache keys
         self._batch_id = ""
         self.metrics = metrics
         self.current: dict[str, Any] | None = None  # the batch in hand, for heartbeats
@@ -112,6 +113,8 @@ class BatchRunner:
         self.outcome = Counter(engine_calls=0, device_failed=0, retried=0)
         self._timed = []  # (model, size) of each engine call that ran clean
         self._early = []  # what engine calls of this batch settled before they returned
+        keys = payload.get("cache_keys")
+        self._cache_keys = keys if isinstance(keys, dict) else {}
         raw_jobs = payload.get("jobs", [])
         self.current = {
             "batch_id": payload.get("batch_id"),
@@ -263,9 +266,7 @@ class BatchRunner:
         )
         if applied.groups_done and self.on_groups_done is not None:
             self.on_groups_done(applied.groups_done)
-        keys = payload.get("cache_keys")
-        if self.answers is not None and isinstance(keys, dict) and keys:
-            self.answers.store([(keys[j], d) for j, d in final.items() if j in keys])
+        self._remember({j: d for j, d in final.items() if j not in early.final})
         if self.metrics is not None:
             self._count(jobs, claimed, claims, mine, now)
         ok = sum(d.status == "succeeded" for d in final.values())
@@ -478,7 +479,14 @@ class BatchRunner:
         )
         settled = self._settle([j for j, _ in pairs], self._batch_id, docs, set())
         self._early.append(settled)
+        self._remember(settled.final)
         return set(settled.final) | settled.taken
+
+    def _remember(self, final: dict[str, AnyResult]) -> None:
+        """Leave the answers of jobs the consumer gave a cache key in the result cache."""
+        keys = self._cache_keys
+        if self.answers is not None and keys:
+            self.answers.store([(keys[j], d) for j, d in final.items() if j in keys])
 
     def _time_call(self, model: str, size: int, seconds: float) -> None:
         """Average a batch's seconds, from claiming its jobs to writing their results, into

@@ -85,3 +85,23 @@ def test_a_twin_runs_itself_when_the_running_one_fails_or_takes_too_long() -> No
     assert released == [two]  # one of them runs for both; the other waits for it
     clock.now = 12  # past coalesce_s
     assert gate.tick() == [three]
+
+
+def test_a_twin_waits_a_moment_for_the_answer_of_a_twin_that_just_succeeded() -> None:
+    gate, cache, status, _, clock = make()
+    one, two = entry("a", 1), entry("b", 2)
+    gate.admit([one, two])
+    key = gate.batched(["a"])["a"]
+    status.update([StatusUpdate("a", JobState.SUCCEEDED)])  # its answer is not stored yet
+    clock.now = 1
+    assert gate.tick() == []
+    answer_of(cache, key, "a")
+    clock.now = 1.5
+    assert gate.tick() == [] and [e.job.job_id for e in gate.take_answered()] == ["b"]
+    three, four = entry("c", 3, prompt="other"), entry("d", 4, prompt="other")
+    gate.admit([three, four])
+    status.update([StatusUpdate("c", JobState.SUCCEEDED)])  # stored nothing (e.g. --dtype)
+    clock.now = 2
+    assert gate.tick() == []
+    clock.now = 4.1
+    assert gate.tick() == [four]

@@ -308,9 +308,10 @@ class BatchRunner:
         for d in written:
             job = by_id.get(d.job_id)
             kind = job.kind if job else d.kind
-            ended[(kind, d.model, d.status)] += 1
+            ran = str(d.provenance.get("model_version") or d.model)  # name@N where versioned
+            ended[(kind, ran, d.status)] += 1
             if job is not None and d.status != "cancelled":
-                e2e.setdefault((kind, d.model), []).append(now - job.submitted_at.timestamp())
+                e2e.setdefault((kind, ran), []).append(now - job.submitted_at.timestamp())
             if d.status == "failed":
                 self.failures.append(
                     {

@@ -85,7 +85,11 @@ def test_a_split_sends_its_share_and_shadows_stay_apart(settings: BlazeSettings)
     rollout = Rollout(settings, RedisVersionStore(settings), publish=lambda entry: None)
     rollout.add_version("e", {"max_batch_size": 32}, note="challenger")
     rollout.split("e", 2, 30)
-    jobs = [LLMJob(model="e", prompt=f"split {i}", max_new_tokens=4) for i in range(1000)]
+    # fixed ids (the namespace is the test's own): the share is the same on every run (302)
+    jobs = [
+        LLMJob(job_id=f"job-{i}", model="e", prompt=f"split {i}", max_new_tokens=4)
+        for i in range(1000)
+    ]
     with running_worker(settings), running_intake(settings), Client(settings) as client:
         client.submit_many(jobs)
         final = client.wait([j.job_id for j in jobs], timeout=180)

@@ -39,14 +39,29 @@ def models_make_tiny(
 
 @group.command("list")
 def models_list() -> None:
-    """Registered models: the registry file, folders in the models folder, the demo model."""
+    """Registered models: the registry file, folders in the models folder, the demo model, and
+    (with the stack's Redis reachable) their versions and aliases; entries show ``stable``."""
+    from pipelines.errors import ServiceUnavailable
+    from pipelines.stores.versions_redis import RedisVersionStore
 
     settings = cli_settings()
     registry = load_registry(settings)
-    table = Table("model", "kind", "engine", "devices", "max batch", "max wait s", "folder")
-    for name in registry.names():
-        spec = registry.specs[name]
+    store = RedisVersionStore(settings, timeout_s=2)
+    try:
+        records = store.load()
+    except ServiceUnavailable:
+        records = {}  # no shared registry reachable: the file alone
+    finally:
+        store.close()
+    table = Table(
+        "model", "kind", "engine", "devices", "max batch", "max wait s", "folder", "versions"
+    )
+    for name in sorted({*registry.names(), *records}):
+        record = records.get(name)
+        stable = record.version("stable") if record else None
+        spec = stable.spec if stable else registry.specs[name]
         size, wait = spec.batch_limits(settings)
+        aliases = ", ".join(f"{a}={n}" for a, n in sorted(record.aliases.items())) if record else ""
         table.add_row(
             name,
             spec.kind,
@@ -55,6 +70,7 @@ def models_list() -> None:
             str(size),
             f"{wait:g}",
             str(spec.folder(settings)),
+            f"{len(record.versions)} ({aliases})" if record else "-",
         )
     out.print(table)
 

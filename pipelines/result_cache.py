@@ -98,8 +98,10 @@ class ResultCache:
 
     # -- look-ups (consumer) ---------------------------------------------------------------
     def lookup(self, keys: Sequence[str]) -> dict[str, Hit]:
-        """Hits among ``keys``: memory first, then the index; counts hits and misses."""
-        keys = list(dict.fromkeys(keys))
+        """Hits among ``keys``: memory first, then the index; counts hits and misses (per key
+        asked: two jobs asking the same key count twice)."""
+        asked = list(keys)
+        keys = list(dict.fromkeys(asked))
         if not keys:
             return {}
         now = self.clock()
@@ -118,9 +120,9 @@ class ResultCache:
             if self.memory is not None:
                 self.memory[key] = entry
         with self._lock:
-            for hit in hits.values():
-                self.tally[f"{hit.tier}_hits"] += 1
-            self.tally["misses"] += len(keys) - len(hits)
+            for key in asked:
+                hit = hits.get(key)
+                self.tally["misses" if hit is None else f"{hit.tier}_hits"] += 1
         return hits
 
     def _memory_current(self) -> bool:

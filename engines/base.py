@@ -37,7 +37,11 @@ class Output:
 
 
 class Engine(Protocol[J_contra]):
-    """Runs batches of jobs of one model on one device."""
+    """Runs batches of jobs of one model on one device.
+
+    An engine whose class sets ``concurrent = True`` may be called from several threads at
+    once (a worker holding several batches); any other is called one batch at a time.
+    """
 
     name: str
 

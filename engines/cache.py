@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +28,9 @@ class EngineCache:
     With a ``budget_bytes``, loading a model that would not fit unloads the least recently
     used ones first. A model that fails to load is remembered as unhealthy for
     ``RETRY_FAILED_LOAD_S``: its jobs fail with the load error instead of the worker crashing
-    or reloading every batch.
+    or reloading every batch. Safe to share between the threads of a worker holding several
+    batches: a model loads once, and an engine that is not ``concurrent`` runs one call at a
+    time (``turn``).
     """
 
     factory: EngineFactory
@@ -37,12 +41,31 @@ class EngineCache:
     unloaded: list[str] = field(default_factory=list)
     on_load: Callable[[str], None] | None = None
     on_unload: Callable[[str], None] | None = None
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _turns: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
 
     def loaded(self, model: str) -> Engine[Any] | None:
         """The model's engine if it is loaded; never loads (safe from another thread)."""
         return self.engines.get(model)
 
     def get(self, model: str) -> Engine[Any]:
+        with self._lock:  # a second thread asking for a loading model waits for it
+            return self._get(model)
+
+    @contextmanager
+    def turn(self, model: str, engine: Engine[Any]) -> Iterator[None]:
+        """Held around a call of ``engine``: one call at a time unless the engine says it is
+        ``concurrent`` (the LLM engine: its continuous running batch takes rows from every
+        caller)."""
+        if getattr(engine, "concurrent", False):
+            yield
+            return
+        with self._lock:
+            lock = self._turns.setdefault(model, threading.Lock())
+        with lock:
+            yield
+
+    def _get(self, model: str) -> Engine[Any]:
         if model in self.engines:
             self.engines.move_to_end(model)
             return self.engines[model]
@@ -69,14 +92,15 @@ class EngineCache:
     def reload(self, model: str) -> Engine[Any]:
         """Drop the model's engine and load it again (after a device error); raises
         ``ModelUnavailable`` if it no longer loads."""
-        dropped = self.engines.pop(model, None)
-        if dropped is not None:
-            _close(dropped)
-            if self.on_unload is not None:
-                self.on_unload(model)
-        self.failures.pop(model, None)
-        free_accelerator_memory()
-        return self.get(model)
+        with self._lock:
+            dropped = self.engines.pop(model, None)
+            if dropped is not None:
+                _close(dropped)
+                if self.on_unload is not None:
+                    self.on_unload(model)
+            self.failures.pop(model, None)
+            free_accelerator_memory()
+            return self._get(model)
 
     def loaded_bytes(self) -> int:
         return sum(memory_bytes(e) for e in self.engines.values())

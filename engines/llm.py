@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,10 @@ class TransformersLLM:
             device computes it natively), ``float16`` or ``float32``.
     """
 
+    # safe to call from several threads: continuous rows of every call share one running
+    # batch, the rest takes turns under ``_lock``
+    concurrent = True
+
     def __init__(
         self,
         name: str,
@@ -139,6 +144,9 @@ class TransformersLLM:
         self.generation = generation
         self.max_rows = max_rows
         self.continuous: ContinuousGenerator | None = None
+        # calls from several threads (a worker holding several batches) share the continuous
+        # running batch; tokenizing, decoding and static ``generate`` take turns under this
+        self._lock = threading.RLock()
         self._eos: set[int] = set()
         self.device = "cpu"
         self.model: Any = None
@@ -267,6 +275,32 @@ class TransformersLLM:
         return input_ids, mask, cache
 
     def _generate(self, jobs: list[LLMJob]) -> list[Output]:
+        with self._lock:
+            ids, prompt_lens, errors = self._tokenize(jobs)
+        live = [i for i in range(len(jobs)) if i not in errors]
+        out: list[Output] = [Output(error=errors.get(i)) for i in range(len(jobs))]
+        flowing: list[int] = []
+        if self.continuous is not None:  # greedy rows without stop strings
+            flowing = [i for i in live if jobs[i].temperature == 0 and not jobs[i].stop]
+            live = [i for i in live if i not in set(flowing)]
+        if flowing:
+            limits = [jobs[i].max_new_tokens for i in flowing]
+
+            def row_done(row: int, new: list[int]) -> None:
+                i = flowing[row]  # each job's output the step it ends: written early
+                with self._lock:
+                    out[i] = self._output(jobs[i], new[: limits[row]], prompt_lens[i], None)
+                report_finished(jobs[i].job_id, out[i])
+
+            assert self.continuous is not None
+            self.continuous.generate([ids[i] for i in flowing], limits, row_done)
+        if live:
+            with self._lock:
+                self._static(jobs, live, ids, prompt_lens, out)
+        return out
+
+    def _tokenize(self, jobs: list[LLMJob]) -> tuple[list[list[int]], list[int], dict[int, str]]:
+        """Each job's prompt ids and their lengths, and the jobs that cannot run and why."""
         tok = self.tokenizer
         limit = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
         texts: list[str] = []
@@ -286,25 +320,7 @@ class TransformersLLM:
                     f"prompt ({n} tokens) + max_new_tokens ({job.max_new_tokens}) "
                     f"exceeds the model's {limit}-token context"
                 )
-        live = [i for i in range(len(jobs)) if i not in errors]
-        out: list[Output] = [Output(error=errors.get(i)) for i in range(len(jobs))]
-        flowing: list[int] = []
-        if self.continuous is not None:  # greedy rows without stop strings
-            flowing = [i for i in live if jobs[i].temperature == 0 and not jobs[i].stop]
-            live = [i for i in live if i not in set(flowing)]
-        if flowing:
-            limits = [jobs[i].max_new_tokens for i in flowing]
-
-            def row_done(row: int, new: list[int]) -> None:
-                i = flowing[row]  # each job's output the step it ends: written early
-                out[i] = self._output(jobs[i], new[: limits[row]], prompt_lens[i], None)
-                report_finished(jobs[i].job_id, out[i])
-
-            assert self.continuous is not None
-            self.continuous.generate([ids[i] for i in flowing], limits, row_done)
-        if live:
-            self._static(jobs, live, ids, prompt_lens, out)
-        return out
+        return ids, prompt_lens, errors
 
     def _static(
         self,

@@ -102,7 +102,10 @@ class WorkerMetrics:
             registry=r,
         )
         self.busy = Gauge(
-            "blaze_worker_busy", "1 while the worker runs a batch", ["device"], registry=r
+            "blaze_worker_busy",
+            "batches the worker is running (0 when idle)",
+            ["device"],
+            registry=r,
         )
         self.busy.labels(device).set(0)
 

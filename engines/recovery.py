@@ -53,7 +53,8 @@ def run_with_retries(
     todo = list(range(len(jobs)))
     retried = 0
     for attempt in range(retries + 1):
-        outs = run_isolated(engine, [jobs[i] for i in todo], free_accelerator_memory)
+        with cache.turn(model, engine):
+            outs = run_isolated(engine, [jobs[i] for i in todo], free_accelerator_memory)
         again: list[int] = []
         for i, out in zip(todo, outs, strict=True):
             outputs[i] = out

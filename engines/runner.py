@@ -122,8 +122,8 @@ class BatchRunner:
             "started_at": started,
         }
         busy = self.metrics.busy.labels(self.metrics.device) if self.metrics else None
-        if busy is not None:
-            busy.set(1)
+        if busy is not None:  # batches in hand (1 at most unless worker.batches_in_hand > 1)
+            busy.inc()
         outcome: dict[str, Any] = {"error": "the batch raised"}
         raw_traces = payload.get("traces")
         traces: dict[str, str] = raw_traces if isinstance(raw_traces, dict) else {}
@@ -152,7 +152,7 @@ class BatchRunner:
             raise
         finally:
             if busy is not None:
-                busy.set(0)
+                busy.dec()
             self.last = {**self.current, "finished_at": time.time(), "outcome": outcome}
             self.current = None
 

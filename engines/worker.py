@@ -1,7 +1,14 @@
-"""The worker process: pinned to one device, serving its Celery queues one batch at a time.
+"""The worker process: pinned to one device, serving its Celery queues.
+
+One batch at a time by default (Celery's solo pool). With ``worker.batches_in_hand`` above 1 it
+takes that many batches at once, each run by its own thread and its own ``BatchRunner`` over
+the shared engines (Celery's threads pool): a continuous model's rows from every batch in hand
+share its running batch, other engines take turns, and one batch's results are written while
+the next computes.
 
 Late acknowledgement: a batch is acknowledged only after its results are written, so a batch
-whose worker dies goes back to the queue. Storage errors retry the whole (idempotent) batch.
+whose worker dies goes back to the queue (every batch in hand, when it held several). Storage
+errors retry the whole (idempotent) batch.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ import logging
 import os
 import signal
 import socket
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext, suppress
 from typing import Any
@@ -24,7 +33,7 @@ from engines.devices import pin_device
 from engines.factory import engine_factory
 from engines.metrics import WorkerMetrics
 from engines.recovery import DeviceLost
-from engines.runner import BatchRunner
+from engines.runner import RECENT, BatchRunner
 from pipelines.errors import ModelUnavailable, ServiceUnavailable
 from pipelines.fleet import BatchTimes, Breakers, Leases
 from pipelines.observe.checks import service_checks
@@ -40,15 +49,18 @@ from pipelines.tasks import RUN_BATCH, celery_app
 
 log = logging.getLogger(__name__)
 
+SWITCH_INTERVAL_S = 0.0005
+
 
 def worker_app(
     settings: BlazeSettings,
-    runner: BatchRunner,
+    runner: BatchRunner | Callable[[], BatchRunner],
     leases: Leases | None = None,
     breakers: Breakers | None = None,
     on_device_lost: Callable[[str], None] | None = None,
 ) -> Celery:
-    """A Celery app with ``blaze.run_batch`` bound to ``runner``.
+    """A Celery app with ``blaze.run_batch`` bound to ``runner`` (or to the runner a callable
+    gives the calling thread, for a worker holding several batches).
 
     With ``leases`` the batch in hand keeps a lease (its worker's sign of life, see
     ``pipelines.fleet``); with ``breakers`` each batch's outcome is recorded on its queue's
@@ -56,7 +68,11 @@ def worker_app(
     and the worker is expected to stop.
     """
     app = celery_app(settings, name=f"{settings.namespace}-worker")
-    holder = runner.worker_name
+
+    def runner_here() -> BatchRunner:
+        return runner if isinstance(runner, BatchRunner) else runner()
+
+    holder = runner_here().worker_name
 
     @app.task(  # type: ignore[untyped-decorator]
         name=RUN_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
@@ -67,7 +83,7 @@ def worker_app(
         keep = leases.kept(batch_id, holder) if leases is not None else nullcontext()
         try:
             with keep:
-                summary = runner.run(payload)
+                summary = runner_here().run(payload)
         except ServiceUnavailable as exc:
             # Results could not be stored: retry the whole (idempotent) batch later; the
             # lease covers the wait, so the retry is not mistaken for a dead worker's batch.
@@ -143,6 +159,11 @@ def run_worker(
     (exit non-zero so that a supervisor restarts it).
     """
     torch_device = pin_device(device)
+    # A thread waiting for the GIL gets it after this long at most (default 5 ms). Engine
+    # steps hold it between kernels; the threads writing results early, renewing leases and
+    # running a second batch in hand make a round trip per wait: at 5 ms each, a 1-token job's
+    # early result waited 3.7 s behind a 400-token row of the tiny test model.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
@@ -171,18 +192,21 @@ def run_worker(
         spec = registry.get(model)
         return settings.s3.layout if spec is None else spec.layout(settings)
 
-    runner = BatchRunner(
-        settings,
-        results,
-        status,
-        cache,
-        on_groups_done,
-        name.replace("%h", socket.gethostname()),
-        metrics,
-        dead_letters,
-        BatchTimes(settings),
-        layout_of,
-        answers if dtype is None else None,
+    times = BatchTimes(settings)
+    runners = Runners(
+        lambda: BatchRunner(
+            settings,
+            results,
+            status,
+            cache,
+            on_groups_done,
+            name.replace("%h", socket.gethostname()),
+            metrics,
+            dead_letters,
+            times,
+            layout_of,
+            answers if dtype is None else None,
+        )
     )
     lost: list[str] = []
 
@@ -204,10 +228,7 @@ def run_worker(
                 "models": {m: memory_bytes(e) for m, e in list(cache.engines.items())},
                 "health": {**cache.health(), **({"device": f"lost: {lost[0]}"} if lost else {})},
                 "weight": settings.fleet.weight,
-                "sec_per_job": runner.sec_per_job,
-                "batch": runner.current,
-                "last_batch": runner.last,
-                "recent_failures": list(runner.failures),
+                **runners.info(),
             },
             port=metrics_port,
         ).start()
@@ -217,9 +238,9 @@ def run_worker(
         except ModelUnavailable as exc:
             log.error("preload: %s", exc)
     leases, breakers = Leases(settings), Breakers(settings)
-    app = worker_app(settings, runner, leases, breakers, device_lost)
+    app = worker_app(settings, runners, leases, breakers, device_lost)
     try:
-        _serve(app, queues, name, loglevel)
+        _serve(app, queues, name, loglevel, settings.worker.batches_in_hand)
     finally:
         if observer is not None:
             observer.stop()
@@ -262,16 +283,54 @@ def worker_checks(
     return checks
 
 
-def _serve(app: Celery, queues: str, name: str, loglevel: str) -> None:
+class Runners:
+    """The calling thread's ``BatchRunner`` (made on its first batch), and what the heartbeat
+    says of all of them together."""
+
+    def __init__(self, make: Callable[[], BatchRunner]) -> None:
+        self._make = make
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.all: list[BatchRunner] = []
+
+    def __call__(self) -> BatchRunner:
+        runner: BatchRunner | None = getattr(self._local, "runner", None)
+        if runner is None:
+            runner = self._local.runner = self._make()
+            with self._lock:
+                self.all.append(runner)
+        return runner
+
+    def info(self) -> dict[str, Any]:
+        """Batches in hand, the last one ended, recent failures and seconds per job (of the
+        worker: its runners' rates added up)."""
+        with self._lock:
+            runners = list(self.all)
+        running = [r.current for r in runners if r.current is not None]
+        ended = [r.last for r in runners if r.last is not None]
+        failures = sorted((f for r in runners for f in list(r.failures)), key=lambda f: f["at"])
+        rates = [1 / r.sec_per_job for r in runners if r.sec_per_job]
+        return {
+            "sec_per_job": 1 / sum(rates) if rates else None,
+            "batch": running[0] if running else None,
+            "batches": running,
+            "last_batch": max(ended, key=lambda b: b["finished_at"]) if ended else None,
+            "recent_failures": failures[-RECENT:],
+        }
+
+
+def _serve(app: Celery, queues: str, name: str, loglevel: str, in_hand: int) -> None:
+    """Celery's solo pool for one batch at a time, its threads pool for several (the
+    prefetch multiplier of 1 makes ``in_hand`` the batches taken from the broker at once)."""
     app.worker_main(
         [
             "worker",
             "--queues",
             queues,
             "--pool",
-            "solo",
+            "solo" if in_hand == 1 else "threads",
             "--concurrency",
-            "1",
+            str(in_hand),
             "--hostname",
             name,
             "--loglevel",

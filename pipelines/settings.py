@@ -151,6 +151,13 @@ class WorkerSettings(_Group):
     memory_budget_mb: int | None = Field(
         default=None, ge=1, description="unload least recently used models above this"
     )
+    batches_in_hand: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="batches a worker takes from its queues at once (one thread each); above 1 "
+        "a continuous model's next batch fills the slots the current one's finished rows leave",
+    )
 
 
 RoutingStrategy = Literal[

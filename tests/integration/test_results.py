@@ -306,3 +306,40 @@ def test_continuous_generation_settles_a_short_job_before_its_batch_ends_in_batc
     objects = [k for k in s3.list_keys(f"{settings.namespace}/batches/") if k.endswith(".jsonl")]
     assert len(objects) == 2
     assert s3.get(settings.result_key(short.job_id)) is None  # no object per job
+
+
+def test_a_worker_with_two_batches_in_hand_runs_the_next_batch_beside_a_long_row(
+    settings: BlazeSettings,
+) -> None:
+    """Real Redis, S3, Kafka and a worker on Celery's threads pool: the second batch's jobs
+    take the running batch's free slots and end while the first batch's long row runs."""
+    settings = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"batches_in_hand": 2})}
+    )
+    settings.registry_file.write_text(
+        "models:\n  flow:\n"
+        f"    source: {settings.models_dir / 'tiny'}\n"
+        "    generation: continuous\n    max_rows: 4\n    max_batch_size: 2\n"
+        "    max_wait_s: 0.05\n"
+    )
+    longer = LLMJob(model="flow", prompt="the quick brown fox", max_new_tokens=480)
+    first = [longer, LLMJob(model="flow", prompt="a", max_new_tokens=1)]
+    second = [LLMJob(model="flow", prompt=f"next {i}", max_new_tokens=4) for i in range(2)]
+    ids = [j.job_id for j in first + second]
+    with running_worker(settings), running_intake(settings), Client(settings) as client:
+        client.submit_many(first)
+        deadline = time.monotonic() + 60
+        while getattr(client.status([longer.job_id])[longer.job_id], "state", None) is not (
+            JobState.RUNNING
+        ):  # batch 1 in hand
+            assert time.monotonic() < deadline, "the first batch never ran"
+            time.sleep(0.01)
+        client.submit_many(second)
+        final = client.wait(ids, timeout=120)
+        assert {s.state for s in final.values()} == {JobState.SUCCEEDED}
+        docs = {j: client.result(j) for j in ids}
+    got = {j: d for j, d in docs.items() if isinstance(d, LLMResult)}
+    assert len(got) == 4 and got[longer.job_id].usage.completion_tokens > 200
+    for job in second:  # the next batch ran and ended while the first batch's long row ran
+        assert final[job.job_id].times["running"] < final[longer.job_id].times["succeeded"]
+        assert final[job.job_id].times["succeeded"] < final[longer.job_id].times["succeeded"]

@@ -1,6 +1,9 @@
 """The transformers engine on a tiny random Llama built at test time."""
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -269,3 +272,91 @@ def test_continuous_refills_slots_and_gives_each_job_its_static_text_in_float32(
     assert [o.finish_reason for o in got] == [o.finish_reason for o in want]
     assert max(steps) <= 3  # never more rows at once than max_rows, 16 jobs through 3 slots
     assert sum(steps) < sum(j.max_new_tokens for j in jobs) + len(jobs)  # no step for done rows
+
+
+def test_continuous_calls_from_two_threads_share_the_running_batch(tiny_models: Path) -> None:
+    """Two batches in hand (two threads): the second batch's rows take the slots the first
+    one's finished rows leave, before its longest row ends; every job keeps its static
+    float32 text and each call hears only of its own rows, in its own thread."""
+    e = TransformersLLM(
+        "tiny", tiny_models / "tiny2", dtype="float32", generation="continuous", max_rows=4
+    )
+    e.load("cpu")
+    static = TransformersLLM("tiny", tiny_models / "tiny2", dtype="float32")
+    static.load("cpu")
+    first = [
+        LLMJob(model="tiny", prompt=f"first {i}", max_new_tokens=n)
+        for i, n in enumerate((2, 3, 4, 40))
+    ]
+    second = [LLMJob(model="tiny", prompt=f"second batch {i}", max_new_tokens=5) for i in range(6)]
+    rows: list[int] = []
+    second_waits = threading.Event()
+
+    def step(_m: object, _a: object, kw: dict[str, Any]) -> None:
+        rows.append(kw["input_ids"].shape[0])
+        if len(rows) == 3 and threading.current_thread().name == "first":
+            second_waits.set()  # the second batch arrives while the first one runs
+            time.sleep(0.5)
+
+    hook = e.model.register_forward_pre_hook(step, with_kwargs=True)
+    got: dict[str, list[Output]] = {}
+    heard: dict[str, list[tuple[str, str]]] = {"first": [], "second": []}
+    ended: dict[str, float] = {}
+
+    def call(name: str, jobs: list[LLMJob]) -> None:
+        me = threading.current_thread().name
+        if name == "second":
+            second_waits.wait(30)
+        with on_finished(lambda job_id, _out: heard[name].append((job_id, me))):
+            got[name] = e.run(jobs)
+        ended[name] = time.monotonic()
+
+    threads = [
+        threading.Thread(target=call, args=(n, j), name=n)
+        for n, j in (("first", first), ("second", second))
+    ]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        hook.remove()
+        e.close()
+    for name, jobs in (("first", first), ("second", second)):
+        want = [static.run([j])[0] for j in jobs]
+        assert [o.text for o in got[name]] == [o.text for o in want], name
+        assert {j for j, _ in heard[name]} == {j.job_id for j in jobs}
+        assert {t for _, t in heard[name]} == {name}  # heard in the caller's own thread
+    assert max(rows) <= 4
+    # the second batch's 6 short rows ran beside the first batch's long row and ended first;
+    # one by one, the two calls would have taken at least 40 + 5 steps
+    assert got["first"][3].completion_tokens == 40
+    assert ended["second"] < ended["first"]
+    assert len(rows) < 45
+
+
+def test_a_failed_continuous_step_fails_the_call_and_leaves_the_engine_usable(
+    tiny_models: Path,
+) -> None:
+    e = TransformersLLM("tiny", tiny_models / "tiny2", dtype="float32", generation="continuous")
+    e.load("cpu")
+    jobs = [LLMJob(model="tiny", prompt=f"row {i}", max_new_tokens=8) for i in range(3)]
+    calls: list[int] = []
+
+    def flaky(_m: object, _a: object) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("device error")
+
+    hook = e.model.register_forward_pre_hook(flaky)
+    try:
+        with pytest.raises(RuntimeError, match="device error"):
+            e.run(jobs)  # the worker isolates and reruns, as after a failed static batch
+        again = e.run(jobs)
+    finally:
+        hook.remove()
+        e.close()
+    static = TransformersLLM("tiny", tiny_models / "tiny2", dtype="float32")
+    static.load("cpu")
+    assert [o.text for o in again] == [static.run([j])[0].text for j in jobs]

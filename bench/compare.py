@@ -338,7 +338,10 @@ class Pipeline:
             registry_file=self.tmp / "models.yaml",
             stack={"state_dir": self.tmp / "stack", **free_stack_ports()},
             batch={"max_size": args.batch, "max_wait_s": args.max_wait, "max_queued_batches": 2},
-            worker={"torch_threads": 2 // args.blaze_workers or 1},
+            worker={
+                "torch_threads": 2 // args.blaze_workers or 1,
+                "batches_in_hand": args.batches_in_hand,
+            },
         )
         folder = model_dir or self.settings.models_dir / self.model
         # the same model with continuous generation: batches of up to CB_BATCHES x --batch jobs
@@ -576,6 +579,12 @@ def main() -> None:
     ap.add_argument("--contenders", default="direct,blaze,naive,ray")
     ap.add_argument("--blaze-workers", type=int, default=2, help="worker processes (2 cores)")
     ap.add_argument("--max-wait", type=float, default=0.05, help="batch window, seconds")
+    ap.add_argument(
+        "--batches-in-hand",
+        type=int,
+        default=1,
+        help="batches each Blaze worker holds (2: a continuous model refills from the next)",
+    )
     ap.add_argument("--latency-jobs", type=int, default=12)
     ap.add_argument("--latency-gap", type=float, default=1.0)
     ap.add_argument(
@@ -594,7 +603,7 @@ def main() -> None:
     ap.add_argument("--redis", default="", help=argparse.SUPPRESS)
     ap.add_argument("--queue", default="naive", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    for name in ("prompts", "batch", "new_tokens", "reps", "blaze_workers"):
+    for name in ("prompts", "batch", "new_tokens", "reps", "blaze_workers", "batches_in_hand"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.mixed_max < 8:

@@ -96,6 +96,27 @@ class S3Settings(_Group):
     retention_days: float | None = Field(
         default=None, gt=0, description="age at which `blaze results sweep` deletes results"
     )
+    retries: int = Field(
+        default=6,
+        ge=0,
+        le=20,
+        description="retries of a request answered 500/502/503/504 (503 SlowDown: a throttled "
+        "prefix), waits doubling from retry_backoff_s with full jitter; then the batch retries",
+    )
+    retry_backoff_s: float = Field(default=0.2, gt=0, le=30)
+    retry_backoff_max_s: float = Field(default=20.0, gt=0, le=300)
+    sse: Literal["none", "s3", "kms"] = Field(
+        default="none",
+        description="server-side encryption of every object Blaze writes: s3 (SSE-S3, AES256) "
+        "or kms (SSE-KMS with sse_kms_key_id)",
+    )
+    sse_kms_key_id: str = Field(default="", description="the KMS key of sse=kms")
+
+    @model_validator(mode="after")
+    def _kms_needs_a_key(self) -> S3Settings:
+        if self.sse == "kms" and not self.sse_kms_key_id:
+            raise ValueError("s3.sse=kms needs s3.sse_kms_key_id (BLAZE_S3__SSE_KMS_KEY_ID)")
+        return self
 
 
 class StackSettings(_Group):

@@ -2,12 +2,23 @@
 
 Writes of a batch run concurrently (one PUT costs a round trip); first-writer-wins writes use
 ``If-None-Match: *``; objects above ``multipart_threshold_mb`` go up in parts.
+
+Object stores throttle hot prefixes (AWS S3 answers ``503 SlowDown`` past about 3,500 writes a
+second per prefix): a request answered 500/502/503/504 is sent again up to ``s3.retries``
+times, waiting a random time up to ``retry_backoff_s`` doubled per attempt ("full jitter", so
+throttled writers spread out instead of returning together) or what ``Retry-After`` asks.
+urllib3's own backoff retries the first failure at once and adds at most a fixed jitter, hence
+``_Backoff``. After the last retry the store raises ``ServiceUnavailable`` and the worker
+retries the whole (idempotent) batch later.
+
+With ``s3.sse`` every object Blaze writes asks for server-side encryption (SSE-S3 or SSE-KMS).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import random
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -18,6 +29,7 @@ from minio import Minio
 from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
+from minio.sse import Sse, SseKMS, SseS3
 
 from pipelines.errors import ConfigError, ServiceUnavailable
 from pipelines.settings import BlazeSettings
@@ -27,6 +39,40 @@ log = logging.getLogger(__name__)
 
 PART_SIZE = 8 << 20
 _MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
+RETRY_STATUSES = (500, 502, 503, 504)
+
+
+class _Backoff(urllib3.Retry):
+    """urllib3's retries with full-jitter exponential waits (the module docstring)."""
+
+    def get_backoff_time(self) -> float:
+        tries = len(self.history)
+        if tries == 0:
+            return 0.0
+        cap = min(self.backoff_max, self.backoff_factor * 2 ** (tries - 1))
+        return random.uniform(0, cap)
+
+
+def retry_policy(settings: BlazeSettings) -> urllib3.Retry:
+    """How the store's HTTP client retries (``s3.retries`` and its backoff)."""
+    s3 = settings.s3
+    return _Backoff(
+        total=s3.retries,
+        backoff_factor=s3.retry_backoff_s,
+        backoff_max=s3.retry_backoff_max_s,
+        status_forcelist=RETRY_STATUSES,
+        respect_retry_after_header=True,
+    )
+
+
+def encryption(settings: BlazeSettings) -> Sse | None:
+    """The server-side encryption ``s3.sse`` asks for, or None."""
+    s3 = settings.s3
+    if s3.sse == "s3":
+        return SseS3()
+    if s3.sse == "kms":
+        return SseKMS(s3.sse_kms_key_id, {})
+    return None
 
 
 class S3ResultStore:
@@ -49,10 +95,12 @@ class S3ResultStore:
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=5, read=60),
             maxsize=max(10, s3.write_threads),
-            retries=urllib3.Retry(
-                total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
-            ),
+            retries=retry_policy(settings),
         )
+        self.sse = encryption(settings)
+        # the headers every write carries (SSE as headers: minio's ``sse=`` refuses SSE-KMS
+        # over plain HTTP, which a local KMS-backed store may serve)
+        self._sse_headers: dict[str, str] = dict(self.sse.headers()) if self.sse else {}
         self.client = Minio(
             self.endpoint,
             access_key=s3.access_key,
@@ -62,6 +110,9 @@ class S3ResultStore:
             http_client=http,
         )
         self._pool: ThreadPoolExecutor | None = None
+
+    def _sse_metadata(self) -> dict[str, str | list[str] | tuple[str]] | None:
+        return dict(self._sse_headers) if self._sse_headers else None
 
     def _unavailable(self, exc: Exception) -> ServiceUnavailable:
         return ServiceUnavailable("S3", self.endpoint, type(exc).__name__ + ": " + str(exc)[:200])
@@ -90,20 +141,31 @@ class S3ResultStore:
             if if_absent and self._exists(key):
                 return False
             self.client.put_object(
-                self.bucket, key, io.BytesIO(data), len(data), ctype, part_size=PART_SIZE
+                self.bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                ctype,
+                metadata=self._sse_metadata(),
+                part_size=PART_SIZE,
             )
             return True
         if not if_absent:
-            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), ctype)
+            self.client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), ctype, self._sse_metadata()
+            )
             return True
         if not self._conditional:
             if self._exists(key):
                 return False
-            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), ctype)
+            self.client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), ctype, self._sse_metadata()
+            )
             return True
         headers: dict[str, str | list[str] | tuple[str]] = {
             "Content-Type": ctype,
             "If-None-Match": "*",
+            **self._sse_headers,
         }
         try:
             # put_object() would turn If-None-Match into user metadata; the plain PUT keeps it.
@@ -133,7 +195,9 @@ class S3ResultStore:
     def _copy(self, pair: tuple[str, str]) -> bool:
         source, dest = pair
         try:
-            self.client.copy_object(self.bucket, dest, CopySource(self.bucket, source))
+            self.client.copy_object(
+                self.bucket, dest, CopySource(self.bucket, source), sse=self.sse
+            )
             return True
         except S3Error as exc:
             if exc.code in _MISSING:
@@ -150,7 +214,13 @@ class S3ResultStore:
     def put_stream(self, key: str, data: BinaryIO, content_type: str) -> None:
         try:
             self.client.put_object(
-                self.bucket, key, data, -1, content_type=content_type, part_size=PART_SIZE
+                self.bucket,
+                key,
+                data,
+                -1,
+                content_type=content_type,
+                metadata=self._sse_metadata(),
+                part_size=PART_SIZE,
             )
         except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._unavailable(exc) from None

@@ -298,3 +298,53 @@ def test_a_clean_batch_reports_its_seconds_by_size_and_a_failed_call_does_not() 
     run.run(payload(LLMJob(model="unknown", prompt="x")))
     assert [(m, b) for m, b, _ in times.recorded] == [("m", 3)]
     assert times.recorded[0][2] > 0  # claim to written, not zero
+
+
+def test_batches_in_hand_run_on_a_runner_per_thread_and_engines_take_turns() -> None:
+    """Two threads (two batches in hand): each gets its own runner over the shared engines;
+    an engine that is not ``concurrent`` never runs two batches at once; the heartbeat adds
+    up what both runners report."""
+    import threading
+    import time
+
+    from engines.worker import Runners
+
+    inside = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    class Slow(EchoEngine):
+        def run(self, batch: Sequence[LLMJob]) -> list[Output]:
+            with lock:
+                inside["now"] += 1
+                inside["most"] = max(inside["most"], inside["now"])
+            time.sleep(0.05)
+            with lock:
+                inside["now"] -= 1
+            return super().run(batch)
+
+    results, status = MemoryResultStore(), MemoryStatusStore()
+    cache = EngineCache(lambda model: Slow(model), "cpu")
+    runners = Runners(lambda: BatchRunner(SETTINGS, results, status, cache))
+    batches = [[LLMJob(model="m", prompt=f"b{b} j{j}") for j in range(3)] for b in range(6)]
+    mine: dict[str, BatchRunner] = {}
+
+    def serve(name: str, todo: list[list[LLMJob]]) -> None:
+        for jobs in todo:
+            runners().run(payload(*jobs))
+            mine[name] = runners()
+
+    threads = [
+        threading.Thread(target=serve, args=(f"t{i}", batches[i::2]), name=f"t{i}")
+        for i in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(runners.all) == 2 and mine["t0"] is not mine["t1"]
+    assert inside["most"] == 1  # the shared engine ran one batch at a time
+    assert all(result(results, j.job_id)["text"] == j.prompt.upper() for b in batches for j in b)
+    info = runners.info()
+    assert info["batch"] is None and info["batches"] == []
+    assert info["last_batch"]["outcome"]["succeeded"] == 3
+    assert 0 < info["sec_per_job"] < min(r.sec_per_job for r in runners.all)  # rates add up

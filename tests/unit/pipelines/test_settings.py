@@ -111,3 +111,30 @@ def test_s3_without_credentials_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="BLAZE_S3__ACCESS_KEY"):
         S3ResultStore(BlazeSettings(stack={"state_dir": tmp_path}))
+
+
+def test_s3_encryption_and_retry_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.stores.results_s3 import encryption, retry_policy
+
+    monkeypatch.setenv("BLAZE_S3__SSE", "kms")
+    with pytest.raises(ConfigError, match="sse_kms_key_id"):
+        load_settings()
+    monkeypatch.setenv("BLAZE_S3__SSE_KMS_KEY_ID", "arn:aws:kms:eu-west-1:1:key/k")
+    sse = encryption(load_settings())
+    assert sse is not None and sse.headers()["X-Amz-Server-Side-Encryption"] == "aws:kms"
+    monkeypatch.setenv("BLAZE_S3__SSE", "aes")
+    with pytest.raises(ConfigError, match="BLAZE_S3__SSE: Input should be 'none', 's3' or 'kms'"):
+        load_settings()
+    monkeypatch.setenv("BLAZE_S3__SSE", "none")
+    monkeypatch.setenv("BLAZE_S3__RETRIES", "4")
+    monkeypatch.setenv("BLAZE_S3__RETRY_BACKOFF_S", "0.5")
+    policy = retry_policy(load_settings())
+    assert policy.total == 4 and 503 in (policy.status_forcelist or ())
+    from urllib3.util.retry import RequestHistory
+
+    assert policy.get_backoff_time() == 0  # nothing failed yet
+    for tries, cap in ((1, 0.5), (3, 2.0), (10, 20.0)):  # doubling, capped at 20 s
+        failed = policy.new(history=(RequestHistory("PUT", "/k", None, 503, None),) * tries)
+        waits = [failed.get_backoff_time() for _ in range(300)]
+        # full jitter: anywhere from 0 to the cap, so throttled writers spread out
+        assert 0 <= min(waits) < 0.2 * cap and 0.8 * cap < max(waits) <= cap

@@ -133,11 +133,19 @@ class _EngineCollector(Collector):
             "Parameter memory of each loaded model",
             labels=["model", "device"],
         )
+        unhealthy = GaugeMetricFamily(
+            "blaze_engine_unhealthy",
+            "1 for each model whose last load on this worker failed (its jobs fail with why)",
+            labels=["model", "device"],
+        )
         for model, engine in list(self.cache.engines.items()):
             loaded.add_metric([model, self.device], 1)
             memory.add_metric([model, self.device], memory_bytes(engine))
+        for model in list(self.cache.failures):
+            unhealthy.add_metric([model, self.device], 1)
         yield loaded
         yield memory
+        yield unhealthy
         if self._nvml is not None:
             yield from self._gpu()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import random
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -110,6 +111,7 @@ class S3ResultStore:
             http_client=http,
         )
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def _sse_metadata(self) -> dict[str, str | list[str] | tuple[str]] | None:
         return dict(self._sse_headers) if self._sse_headers else None
@@ -118,9 +120,10 @@ class S3ResultStore:
         return ServiceUnavailable("S3", self.endpoint, type(exc).__name__ + ": " + str(exc)[:200])
 
     def _workers(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="s3")
-        return self._pool
+        with self._pool_lock:  # a worker's batches in hand share the store
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="s3")
+            return self._pool
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it is missing (harmless when it exists)."""

@@ -21,6 +21,7 @@ SUFFIXES = ("", "_total", "_bucket", "_sum", "_count", "_created")
 SCRAPE_TIME = {  # gauges a collector yields at scrape time (GPU ones only where NVML answers)
     "blaze_engine_loaded",
     "blaze_engine_memory_bytes",
+    "blaze_engine_unhealthy",
     "blaze_gpu_utilization_ratio",
     "blaze_gpu_memory_used_bytes",
 }
@@ -73,3 +74,29 @@ def test_input_files_are_checked_before_upload(tmp_path: Path) -> None:
         input_params(template, [str(tmp_path / "missing.jsonl")])
     with pytest.raises(ConfigError, match="no string parameter 'max_tokens'"):
         input_params(template, [f"max_tokens={good}"])
+
+
+def test_alert_rules_pass_promtool_and_fire_on_their_recorded_series() -> None:
+    """``promtool check`` validates the rules and the scrape configuration that loads them;
+    ``promtool test rules`` replays alerts_test.yml (each alert fires where it should, and
+    not on the calm series beside it)."""
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool comes with Debian's prometheus (infra/dev.sh setup installs it)"
+    folder = ROOT / "infra" / "prometheus"
+    for args in (
+        ["check", "rules", "alerts.yml"],
+        ["check", "config", "prometheus.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ):
+        run = subprocess.run(
+            [promtool, *args], cwd=folder, capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode == 0, f"promtool {' '.join(args)}:\n{run.stdout}{run.stderr}"
+    rules = (folder / "alerts.yml").read_text()
+    used = set(re.findall(r"\bblaze_[a-z0-9_]+", rules))
+    assert used and not used - exported(), sorted(used - exported())
+    for name in re.findall(r"alert: (\w+)", rules):  # every alert has a test
+        assert f"alertname: {name}" in (folder / "alerts_test.yml").read_text(), name

@@ -59,6 +59,8 @@ def test_each_settled_job_counts_once_by_state() -> None:
     assert v(m, "blaze_e2e_seconds_count", kind="llm", model="m") == 3
     assert v(m, "blaze_model_loads_total", model="m", device="cpu") == 1
     assert v(m, "blaze_engine_loaded", model="m", device="cpu") == 1
+    assert v(m, "blaze_engine_unhealthy", model="broken", device="cpu") == 1
+    assert v(m, "blaze_engine_unhealthy", model="m", device="cpu") == 0
     assert v(m, "blaze_worker_busy", device="cpu") == 0
     assert v(m, "blaze_worker_batches_total", device="cpu") == 1
     # the result names the job's trace (a hop of the consumer's traceparent)

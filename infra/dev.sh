@@ -69,13 +69,29 @@ setup() {
   echo "$want" >"$VENV/.blaze-installed"
 }
 
+# KEDA's CRD schemas, compiled (npm's @kubernetes-models/keda), for the test that validates the
+# Kubernetes manifests offline; reinstalled when its lock file changes.
+k8s_validator() {
+  local dir="$ROOT/infra/k8s/validate" want have=""
+  want="$(sha256sum "$dir/package-lock.json" | cut -c1-16)"
+  [ -f "$dir/node_modules/.blaze-installed" ] && have="$(cat "$dir/node_modules/.blaze-installed")"
+  [ "$want" = "$have" ] && return 0
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "infra/dev.sh: error: the Kubernetes manifest test needs Node.js and npm" >&2
+    return 1
+  fi
+  npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
+  echo "$want" >"$dir/node_modules/.blaze-installed"
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
-  setup) setup ;;
+  setup) setup && k8s_validator ;;
   demo) setup && exec "$VENV/bin/blaze" demo "$@" ;;
   test)
     setup
+    k8s_validator
     set +e
     "$VENV/bin/python" -m pytest "$@"
     rc=$?

@@ -24,13 +24,15 @@ find_python() {
 }
 
 # System packages the tests drive: Debian's Chromium for the dashboard's browser test
-# (Playwright's own browser downloads cannot be fetched here) and Prometheus, which scrapes the
-# processes with infra/prometheus/prometheus.yml. Installed once, as root or through sudo; the
+# (Playwright's own browser downloads cannot be fetched here), Prometheus, which scrapes the
+# processes with infra/prometheus/prometheus.yml (promtool checks the alert rules), and
+# redis-server, a Redis that Blaze's own stack did not start (tests/integration/test_outside.py). Installed once, as root or through sudo; the
 # Prometheus package's service is kept from starting (policy-rc.d), the tests run their own.
 system_packages() {
   local missing=()
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   [ -x /usr/bin/prometheus ] || missing+=(prometheus)
+  [ -x /usr/bin/redis-server ] || missing+=(redis-server)
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo -n"

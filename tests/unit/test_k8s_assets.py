@@ -92,28 +92,25 @@ def test_keda_objects_validate_against_keda_crd_schemas(
     _, objects = rendered
     keda = [o for o in objects if o["apiVersion"].startswith("keda.sh/")]
     assert {o["kind"] for o in keda} == {"ScaledObject", "TriggerAuthentication"}
-    folder = K8S / "validate"
-    assert (folder / "node_modules").is_dir(), "run infra/dev.sh setup (npm ci of the validator)"
-    run = subprocess.run(
-        ["node", "validate.mjs"],
-        cwd=folder,
-        input=json.dumps(keda),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = keda_validate(keda)
     assert run.returncode == 0, run.stdout + run.stderr
     # and the validator does reject a broken object
-    broken = [{**keda[0], "spec": {"scaleTargetRef": {}, "minReplicaCount": "none"}}]
-    bad = subprocess.run(
+    bad = keda_validate([{**keda[0], "spec": {"scaleTargetRef": {}, "minReplicaCount": "none"}}])
+    assert bad.returncode == 1 and "minReplicaCount must be integer" in bad.stdout
+
+
+def keda_validate(objects: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    """infra/k8s/validate on ``objects`` (KEDA's CRD schemas, compiled)."""
+    folder = K8S / "validate"
+    assert (folder / "node_modules").is_dir(), "run infra/dev.sh setup (npm ci of the validator)"
+    return subprocess.run(
         ["node", "validate.mjs"],
         cwd=folder,
-        input=json.dumps(broken),
+        input=json.dumps(objects),
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert bad.returncode == 1 and "minReplicaCount must be integer" in bad.stdout
 
 
 def test_the_manifests_agree_with_blaze(rendered: tuple[str, list[dict[str, Any]]]) -> None:

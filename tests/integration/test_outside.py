@@ -1,0 +1,257 @@
+"""Blaze on services it did not start: Debian's redis-server with a password, a SeaweedFS
+with its own credentials and bucket, and the Kafka-protocol broker started by hand with topics
+of its own, all on another loopback address (127.0.0.2, where the sandbox allows no network
+namespace of our own: every address Blaze uses comes from settings, none is assumed). The
+consumer and the worker are separate processes configured only through ``BLAZE_*``
+variables, with a stack state folder that does not exist and must stay so."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+from kafka import KafkaConsumer
+from kafka.admin import KafkaAdminClient, NewTopic
+from minio import Minio
+
+from infra.stack import tansu_binary, weed_binary
+from pipelines.client import Client
+from pipelines.jobs import LLMJob
+from pipelines.openai.service import BatchService
+from pipelines.results import LLMResult
+from pipelines.settings import BlazeSettings
+from pipelines.stores.status import JobState
+
+HOST = "127.0.0.2"
+REDIS = "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: object, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except Exception:  # not up yet
+            pass
+        assert time.monotonic() < deadline, f"{what} did not come up"
+        time.sleep(0.2)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to each (the last started first), then SIGKILL to any still there after 30 s."""
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def services(home: Path) -> Iterator[BlazeSettings]:
+    """The three services, started here by hand; the settings that reach them."""
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = home / "logs"
+    logs.mkdir()
+
+    def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        with (logs / f"{name}.log").open("wb") as fh:
+            procs.append(
+                subprocess.Popen(
+                    argv, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+                )
+            )
+
+    password = secrets.token_urlsafe(24)
+    access, secret = "outside-" + secrets.token_hex(4), secrets.token_urlsafe(24)
+    rport, s3port, kport = free_port(), free_port(), free_port()
+    try:
+        conf = home / "redis.conf"  # the password stays off the command line
+        conf.write_text(
+            f"bind {HOST}\nport {rport}\nrequirepass {password}\ndir {home}\n"
+            'appendonly yes\nsave ""\nprotected-mode yes\n'
+        )
+        start("redis", [REDIS, str(conf)])
+        (home / "s3.json").write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "outside",
+                            "credentials": [{"accessKey": access, "secretKey": secret}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
+        weed_ports = [free_port() for _ in range(4)]
+        start(
+            "s3",
+            [
+                str(weed_binary()),
+                "mini",
+                f"-dir={home / 'weed'}",
+                f"-ip={HOST}",
+                f"-ip.bind={HOST}",
+                f"-s3.port={s3port}",
+                f"-s3.config={home / 's3.json'}",
+                f"-master.port={weed_ports[0]}",
+                f"-filer.port={weed_ports[1]}",
+                f"-volume.port={weed_ports[2]}",
+                f"-admin.port={weed_ports[3]}",
+                "-admin.ui=false",
+                "-webdav=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-master.telemetry=false",
+                "-bucket=outside-results,outside-kafka",
+            ],
+        )
+        s3 = Minio(f"{HOST}:{s3port}", access_key=access, secret_key=secret, secure=False)
+        wait_for(lambda: s3.bucket_exists("outside-kafka"), "SeaweedFS")
+        kafka = f"{HOST}:{kport}"
+        start(
+            "kafka",
+            [
+                str(tansu_binary()),
+                "broker",
+                f"--listener-url=tcp://{kafka}",
+                f"--advertised-listener-url=tcp://{kafka}",
+                "--storage-engine=s3://outside-kafka/",
+            ],
+            {
+                "AWS_ACCESS_KEY_ID": access,
+                "AWS_SECRET_ACCESS_KEY": secret,
+                "AWS_ENDPOINT": f"http://{HOST}:{s3port}",
+                "AWS_ALLOW_HTTP": "true",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            },
+        )
+        r = redis.Redis(host=HOST, port=rport, password=password)
+        wait_for(r.ping, "redis-server")
+        with pytest.raises(redis.AuthenticationError):  # it does ask for the password
+            redis.Redis(host=HOST, port=rport).ping()
+        admin: list[KafkaAdminClient] = []
+        wait_for(lambda: admin.append(KafkaAdminClient(bootstrap_servers=kafka)) or True, "kafka")
+        # topics of its own: 3 partitions, where Blaze would have made 4
+        admin[0].create_topics(
+            [NewTopic(f"outside.{t}", 3, 1) for t in ("jobs.llm", "status", "dead-letter")]
+        )
+        admin[0].close()
+        yield BlazeSettings(
+            namespace="outside",
+            kafka={"bootstrap_servers": kafka},
+            redis={"url": f"redis://{HOST}:{rport}/0", "password": password},
+            s3={
+                "endpoint": f"{HOST}:{s3port}",
+                "access_key": access,
+                "secret_key": secret,
+                "bucket": "outside-results",
+            },
+            stack={"state_dir": home / "no-stack-here"},
+            batch={"max_size": 8, "max_wait_s": 0.2},
+        )
+    finally:
+        stop(procs)
+
+
+@pytest.mark.skipif(not Path(REDIS).exists(), reason="infra/dev.sh setup installs redis-server")
+def test_the_whole_pipeline_runs_on_services_blaze_did_not_start(tiny_models: Path) -> None:
+    home = Path(tempfile.mkdtemp(prefix="blaze-outside-"))
+    try:
+        with services(home) as base:
+            settings = base.model_copy(
+                update={"models_dir": tiny_models, "registry_file": home / "models.yaml"}
+            )
+            settings.registry_file.write_text(
+                f"models:\n  tiny:\n    source: {tiny_models / 'tiny'}\n    dtype: float32\n"
+            )
+            run_pipeline(settings, home)
+            assert not settings.stack.state_dir.exists()  # nothing looked for the stack
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run_pipeline(settings: BlazeSettings, home: Path) -> None:
+    # only BLAZE_* variables reach the processes: none of the embedded stack's
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLAZE_")}
+    env.update(settings.to_env())
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = {name: home / f"{name}.log" for name in ("worker", "consumer")}
+    try:
+        for name, args in (("worker", ["worker", "--device", "cpu"]), ("consumer", ["consume"])):
+            with logs[name].open("wb") as fh:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "blaze", *args],
+                        env=env,
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        for name, text in (("worker", " ready."), ("consumer", "intake joined group")):
+            wait_for(lambda n=name, t=text: t in logs[n].read_text(errors="replace"), name, 120)
+        with Client(settings) as client:
+            jobs = [LLMJob(model="tiny", prompt=f"outside {i}", max_new_tokens=4) for i in range(6)]
+            client.submit_many(jobs)
+            final = client.wait([j.job_id for j in jobs], timeout=120)
+            assert {s.state for s in final.values()} == {JobState.SUCCEEDED}
+            docs = [client.result(j.job_id) for j in jobs]
+            assert all(isinstance(d, LLMResult) and d.text is not None for d in docs)
+            assert all(s.times.get("running") for s in final.values())
+            # an OpenAI-style batch: input file in, output file out, through the same services
+            service = BatchService.of(client)
+            lines = [
+                (
+                    n,
+                    json.dumps(
+                        {
+                            "custom_id": f"q{n}",
+                            "method": "POST",
+                            "url": "/v1/chat/completions",
+                            "body": {
+                                "model": "tiny",
+                                "messages": [{"role": "user", "content": f"q{n}"}],
+                                "max_tokens": 3,
+                            },
+                        }
+                    ),
+                )
+                for n in range(1, 4)
+            ]
+            batch = service.submit_lines(lines, source="outside.jsonl")
+            assert service.wait(batch.id, timeout=120).status == "completed"
+            out = client.result_store.get(settings.openai_batch_prefix(batch.id) + "output.jsonl")
+            rows = [json.loads(x) for x in (out or b"").splitlines()]
+            assert sorted(r["custom_id"] for r in rows) == ["q1", "q2", "q3"]
+            assert all(r["response"]["status_code"] == 200 for r in rows)
+        # Blaze used the topics it found (3 partitions) instead of making its own
+        reader = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+        try:
+            assert reader.partitions_for_topic(settings.jobs_topic("llm")) == {0, 1, 2}
+        finally:
+            reader.close()
+    finally:
+        stop(procs)

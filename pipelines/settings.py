@@ -68,6 +68,12 @@ class RedisSettings(_Group):
         default=None, description="unset with the embedded Redis: the password the stack generated"
     )
     status_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    ssl_ca_file: str | None = Field(
+        default=None,
+        description="with a rediss:// URL: the CA that signed the server's certificate",
+    )
+    ssl_cert_file: str | None = Field(default=None, description="rediss://: a client certificate")
+    ssl_key_file: str | None = Field(default=None, description="rediss://: its private key")
 
 
 class S3Settings(_Group):
@@ -83,6 +89,9 @@ class S3Settings(_Group):
     bucket: str = Field(default="blaze-results", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     region: str = "us-east-1"
     secure: bool = False
+    ca_file: str | None = Field(
+        default=None, description="secure: the CA that signed the server's certificate"
+    )
     write_threads: int = Field(default=16, ge=1, le=256)
     conditional_writes: bool = Field(
         default=True, description="If-None-Match on result writes (first writer wins)"

@@ -7,11 +7,13 @@ worker dies goes back to the queue; results are idempotent, so a rerun is harmle
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from celery import Celery
 
 from pipelines.settings import BlazeSettings
+from pipelines.stores.redis_client import redis_tls
 
 RUN_BATCH = "blaze.run_batch"
 
@@ -32,6 +34,12 @@ def celery_app(settings: BlazeSettings, name: str = "blaze") -> Celery:
     }
     if pw is not None:
         app.conf.broker_password = pw.get_secret_value()
+    tls = redis_tls(settings)
+    if tls:  # rediss://: kombu takes the ssl module's names for the same options
+        app.conf.broker_use_ssl = {
+            "ssl_cert_reqs": ssl.CERT_REQUIRED,
+            **{k: v for k, v in tls.items() if k != "ssl_cert_reqs"},
+        }
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

@@ -15,6 +15,7 @@ from minio import Minio
 from pipelines.observe.probes import Check
 from pipelines.settings import BlazeSettings
 from pipelines.stores.redis_client import redis_client
+from pipelines.stores.results_s3 import s3_tls
 
 TIMEOUT_S = 2.0
 
@@ -62,7 +63,9 @@ def s3_check(settings: BlazeSettings, timeout_s: float = TIMEOUT_S) -> Check:
         secure=s3.secure,
         region=s3.region,
         http_client=urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), retries=False
+            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+            retries=False,
+            **s3_tls(settings),
         ),
     )
 

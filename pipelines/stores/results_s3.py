@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import urllib3
 from minio import Minio
@@ -66,6 +66,18 @@ def retry_policy(settings: BlazeSettings) -> urllib3.Retry:
     )
 
 
+def s3_tls(settings: BlazeSettings) -> dict[str, Any]:
+    """urllib3's arguments for an S3 client: with ``s3.secure`` the server's certificate is
+    verified, against ``s3.ca_file`` or the system's CAs."""
+    s3 = settings.s3
+    if not s3.secure:
+        return {}
+    out: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+    if s3.ca_file:
+        out["ca_certs"] = s3.ca_file
+    return out
+
+
 def encryption(settings: BlazeSettings) -> Sse | None:
     """The server-side encryption ``s3.sse`` asks for, or None."""
     s3 = settings.s3
@@ -97,6 +109,7 @@ class S3ResultStore:
             timeout=urllib3.Timeout(connect=5, read=60),
             maxsize=max(10, s3.write_threads),
             retries=retry_policy(settings),
+            **s3_tls(settings),
         )
         self.sse = encryption(settings)
         # the headers every write carries (SSE as headers: minio's ``sse=`` refuses SSE-KMS

@@ -32,6 +32,7 @@ from pipelines.errors import BlazeError
 from pipelines.results import parse_result
 from pipelines.settings import BlazeSettings, load_settings
 from pipelines.stores.batch_results import read_results
+from pipelines.stores.redis_client import redis_tls
 from pipelines.stores.status import JobState
 from pipelines.templates.spec import (
     BranchStep,
@@ -280,7 +281,9 @@ class BlazeJobsTrigger(BaseTrigger):
         settings = load_settings(namespace=self.namespace)
         pw = settings.redis.password
         client = aioredis.Redis.from_url(
-            settings.redis_url, password=pw.get_secret_value() if pw else None
+            settings.redis_url,
+            password=pw.get_secret_value() if pw else None,
+            **redis_tls(settings),
         )
         prefix = f"{settings.namespace}:job:"
         ended: dict[str, tuple[str, str]] = {}

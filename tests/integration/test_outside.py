@@ -1,6 +1,7 @@
-"""Blaze on services it did not start: Debian's redis-server with a password, a SeaweedFS
-with its own credentials and bucket, and the Kafka-protocol broker started by hand with topics
-of its own, all on another loopback address (127.0.0.2, where the sandbox allows no network
+"""Blaze on services it did not start: Debian's redis-server with a password over TLS, a
+SeaweedFS with its own credentials and bucket over HTTPS (certificates made here, signed by a
+CA of the test's own), and the Kafka-protocol broker started by hand with topics of its own,
+all on another loopback address (127.0.0.2, where the sandbox allows no network
 namespace of our own: every address Blaze uses comes from settings, none is assumed). The
 consumer and the worker are separate processes configured only through ``BLAZE_*``
 variables, with a stack state folder that does not exist and must stay so."""
@@ -44,6 +45,58 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def certificates(home: Path) -> tuple[Path, Path, Path]:
+    """A CA of the test's own and a server certificate for HOST it signed: (ca, cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "blaze test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (home / "ca.pem", home / "server.pem", home / "server.key")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
 def wait_for(check: object, what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -85,11 +138,14 @@ def services(home: Path) -> Iterator[BlazeSettings]:
 
     password = secrets.token_urlsafe(24)
     access, secret = "outside-" + secrets.token_hex(4), secrets.token_urlsafe(24)
-    rport, s3port, kport = free_port(), free_port(), free_port()
+    rport, s3port, s3tls, kport = free_port(), free_port(), free_port(), free_port()
+    ca, cert, key = certificates(home)
     try:
-        conf = home / "redis.conf"  # the password stays off the command line
+        conf = home / "redis.conf"  # the password stays off the command line; TLS only
         conf.write_text(
-            f"bind {HOST}\nport {rport}\nrequirepass {password}\ndir {home}\n"
+            f"bind {HOST}\nport 0\ntls-port {rport}\ntls-cert-file {cert}\n"
+            f"tls-key-file {key}\ntls-ca-cert-file {ca}\ntls-auth-clients no\n"
+            f"requirepass {password}\ndir {home}\n"
             'appendonly yes\nsave ""\nprotected-mode yes\n'
         )
         start("redis", [REDIS, str(conf)])
@@ -115,7 +171,10 @@ def services(home: Path) -> Iterator[BlazeSettings]:
                 f"-dir={home / 'weed'}",
                 f"-ip={HOST}",
                 f"-ip.bind={HOST}",
-                f"-s3.port={s3port}",
+                f"-s3.port={s3port}",  # plain HTTP: for the broker's own storage only
+                f"-s3.port.https={s3tls}",  # what Blaze uses
+                f"-s3.cert.file={cert}",
+                f"-s3.key.file={key}",
                 f"-s3.config={home / 's3.json'}",
                 f"-master.port={weed_ports[0]}",
                 f"-filer.port={weed_ports[1]}",
@@ -149,10 +208,13 @@ def services(home: Path) -> Iterator[BlazeSettings]:
                 "AWS_DEFAULT_REGION": "us-east-1",
             },
         )
-        r = redis.Redis(host=HOST, port=rport, password=password)
+        tls = {"ssl": True, "ssl_ca_certs": str(ca), "ssl_cert_reqs": "required"}
+        r = redis.Redis(host=HOST, port=rport, password=password, **tls)  # type: ignore[arg-type]
         wait_for(r.ping, "redis-server")
         with pytest.raises(redis.AuthenticationError):  # it does ask for the password
-            redis.Redis(host=HOST, port=rport).ping()
+            redis.Redis(host=HOST, port=rport, **tls).ping()  # type: ignore[arg-type]
+        with pytest.raises(redis.ConnectionError):  # and speaks TLS only
+            redis.Redis(host=HOST, port=rport, password=password).ping()
         admin: list[KafkaAdminClient] = []
         wait_for(lambda: admin.append(KafkaAdminClient(bootstrap_servers=kafka)) or True, "kafka")
         # topics of its own: 3 partitions, where Blaze would have made 4
@@ -163,9 +225,15 @@ def services(home: Path) -> Iterator[BlazeSettings]:
         yield BlazeSettings(
             namespace="outside",
             kafka={"bootstrap_servers": kafka},
-            redis={"url": f"redis://{HOST}:{rport}/0", "password": password},
+            redis={
+                "url": f"rediss://{HOST}:{rport}/0",
+                "password": password,
+                "ssl_ca_file": str(ca),
+            },
             s3={
-                "endpoint": f"{HOST}:{s3port}",
+                "endpoint": f"{HOST}:{s3tls}",
+                "secure": True,
+                "ca_file": str(ca),
                 "access_key": access,
                 "secret_key": secret,
                 "bucket": "outside-results",

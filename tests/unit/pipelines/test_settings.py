@@ -138,3 +138,28 @@ def test_s3_encryption_and_retry_settings_are_checked(monkeypatch: pytest.Monkey
         waits = [failed.get_backoff_time() for _ in range(300)]
         # full jitter: anywhere from 0 to the cap, so throttled writers spread out
         assert 0 <= min(waits) < 0.2 * cap and 0.8 * cap < max(waits) <= cap
+
+
+def test_rediss_urls_verify_the_server_in_every_client() -> None:
+    import ssl
+
+    from pipelines.stores.redis_client import redis_client, redis_tls
+    from pipelines.tasks import celery_app
+
+    plain = BlazeSettings(redis={"url": "redis://cache:6379/0"})
+    assert redis_tls(plain) == {} and not celery_app(plain).conf.broker_use_ssl
+    tls = BlazeSettings(
+        redis={"url": "rediss://cache:6380/0", "ssl_ca_file": "/etc/ca.pem"},
+        s3={"endpoint": "s3.example.com", "secure": True, "ca_file": "/etc/ca.pem"},
+    )
+    assert redis_tls(tls) == {"ssl_cert_reqs": "required", "ssl_ca_certs": "/etc/ca.pem"}
+    kwargs = redis_client(tls).connection_pool.connection_kwargs
+    assert kwargs["ssl_ca_certs"] == "/etc/ca.pem" and kwargs["ssl_cert_reqs"] == "required"
+    assert celery_app(tls).conf.broker_use_ssl == {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_ca_certs": "/etc/ca.pem",
+    }
+    from pipelines.stores.results_s3 import s3_tls
+
+    assert s3_tls(tls) == {"cert_reqs": "CERT_REQUIRED", "ca_certs": "/etc/ca.pem"}
+    assert s3_tls(plain) == {}

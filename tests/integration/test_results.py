@@ -279,40 +279,13 @@ def _queued(job_id: str) -> Any:
     return StatusUpdate(job_id, JobState.QUEUED)
 
 
-def test_continuous_generation_settles_a_short_job_before_its_batch_ends_in_batch_objects(
+def test_continuous_generation_settles_early_and_refills_from_the_next_batch_in_hand(
     settings: BlazeSettings,
 ) -> None:
-    """Real Redis, S3, Kafka and a worker: a continuous model in the batch layout."""
-    settings.registry_file.write_text(
-        "models:\n  flow:\n"
-        f"    source: {settings.models_dir / 'tiny'}\n"
-        "    generation: continuous\n    max_rows: 2\n    max_batch_size: 8\n"
-        "    result_layout: batch\n"
-    )
-    short = LLMJob(model="flow", prompt="a", max_new_tokens=1)
-    longer = LLMJob(model="flow", prompt="the quick brown fox", max_new_tokens=400)
-    ids = [short.job_id, longer.job_id]
-    with running_worker(settings), running_intake(settings), Client(settings) as client:
-        client.submit_many([short, longer])  # sent together: one batch
-        final = client.wait(ids, timeout=120)
-        assert {s.state for s in final.values()} == {JobState.SUCCEEDED}
-        docs = {j: client.result(j) for j in ids}
-    got = {j: d for j, d in docs.items() if isinstance(d, LLMResult)}
-    assert len(got) == 2 and got[longer.job_id].usage.completion_tokens > 50
-    assert got[short.job_id].provenance["batch_size"] == 2  # they did share the batch
-    # settled in two writes: the short job as its row ended, the long one at the end
-    assert final[short.job_id].times["succeeded"] < final[longer.job_id].times["succeeded"]
-    s3 = S3ResultStore(settings)
-    objects = [k for k in s3.list_keys(f"{settings.namespace}/batches/") if k.endswith(".jsonl")]
-    assert len(objects) == 2
-    assert s3.get(settings.result_key(short.job_id)) is None  # no object per job
-
-
-def test_a_worker_with_two_batches_in_hand_runs_the_next_batch_beside_a_long_row(
-    settings: BlazeSettings,
-) -> None:
-    """Real Redis, S3, Kafka and a worker on Celery's threads pool: the second batch's jobs
-    take the running batch's free slots and end while the first batch's long row runs."""
+    """Real Redis, S3, Kafka and a worker holding two batches (Celery's threads pool), a
+    continuous model in the batch layout: a short job is settled as its row ends, before its
+    batch does; the next batch's jobs take the running batch's free slots and end while the
+    first batch's long row still runs."""
     settings = settings.model_copy(
         update={"worker": settings.worker.model_copy(update={"batches_in_hand": 2})}
     )
@@ -320,18 +293,18 @@ def test_a_worker_with_two_batches_in_hand_runs_the_next_batch_beside_a_long_row
         "models:\n  flow:\n"
         f"    source: {settings.models_dir / 'tiny'}\n"
         "    generation: continuous\n    max_rows: 4\n    max_batch_size: 2\n"
-        "    max_wait_s: 0.05\n"
+        "    max_wait_s: 0.05\n    result_layout: batch\n"
     )
+    short = LLMJob(model="flow", prompt="a", max_new_tokens=1)
     longer = LLMJob(model="flow", prompt="the quick brown fox", max_new_tokens=480)
-    first = [longer, LLMJob(model="flow", prompt="a", max_new_tokens=1)]
     second = [LLMJob(model="flow", prompt=f"next {i}", max_new_tokens=4) for i in range(2)]
-    ids = [j.job_id for j in first + second]
+    ids = [j.job_id for j in [short, longer, *second]]
     with running_worker(settings), running_intake(settings), Client(settings) as client:
-        client.submit_many(first)
+        client.submit_many([short, longer])  # sent together: one batch
         deadline = time.monotonic() + 60
         while getattr(client.status([longer.job_id])[longer.job_id], "state", None) is not (
             JobState.RUNNING
-        ):  # batch 1 in hand
+        ):  # the first batch is in hand
             assert time.monotonic() < deadline, "the first batch never ran"
             time.sleep(0.01)
         client.submit_many(second)
@@ -340,6 +313,14 @@ def test_a_worker_with_two_batches_in_hand_runs_the_next_batch_beside_a_long_row
         docs = {j: client.result(j) for j in ids}
     got = {j: d for j, d in docs.items() if isinstance(d, LLMResult)}
     assert len(got) == 4 and got[longer.job_id].usage.completion_tokens > 200
+    assert got[short.job_id].provenance["batch_size"] == 2  # they did share the batch
+    ended = final[longer.job_id].times["succeeded"]
+    # settled in more than one write: the short job as its row ended, the long one at the end
+    assert final[short.job_id].times["succeeded"] < ended
     for job in second:  # the next batch ran and ended while the first batch's long row ran
-        assert final[job.job_id].times["running"] < final[longer.job_id].times["succeeded"]
-        assert final[job.job_id].times["succeeded"] < final[longer.job_id].times["succeeded"]
+        assert final[job.job_id].times["running"] < ended
+        assert final[job.job_id].times["succeeded"] < ended
+    s3 = S3ResultStore(settings)
+    objects = [k for k in s3.list_keys(f"{settings.namespace}/batches/") if k.endswith(".jsonl")]
+    assert len(objects) >= 3  # the first batch's two writes, the second batch's
+    assert s3.get(settings.result_key(short.job_id)) is None  # no object per job

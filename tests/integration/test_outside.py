@@ -1,10 +1,12 @@
 """Blaze on services it did not start: Debian's redis-server with a password over TLS, a
 SeaweedFS with its own credentials and bucket over HTTPS (certificates made here, signed by a
 CA of the test's own), and the Kafka-protocol broker started by hand with topics of its own,
-all on another loopback address (127.0.0.2, where the sandbox allows no network
-namespace of our own: every address Blaze uses comes from settings, none is assumed). The
-consumer and the worker are separate processes configured only through ``BLAZE_*``
-variables, with a stack state folder that does not exist and must stay so."""
+all bound to this side of a veth pair whose other side is a network namespace made by the
+test: the consumer and the worker run there, a second "host" whose 127.0.0.1 has none of
+the services, so every address Blaze uses comes from settings (where no namespace can be
+made, e.g. not as root, the services bind to 127.0.0.2 instead). The consumer and the worker
+are configured only through ``BLAZE_*`` variables, with a stack state folder that does not
+exist and must stay so."""
 
 from __future__ import annotations
 
@@ -35,18 +37,49 @@ from pipelines.results import LLMResult
 from pipelines.settings import BlazeSettings
 from pipelines.stores.status import JobState
 
-HOST = "127.0.0.2"
 REDIS = "/usr/bin/redis-server"
+ALIAS = "127.0.0.2"  # where no network namespace can be made
 
 
-def free_port() -> int:
+@contextmanager
+def two_hosts() -> Iterator[tuple[str, list[str]]]:
+    """A second "host": a network namespace joined to this one by a veth pair. Yields the
+    services' address (this side of the pair) and the command prefix that runs a process on
+    the other side; where namespaces cannot be made (not root), another loopback address and
+    no prefix."""
+    name, net = f"blz{os.getpid() % 100000}", 64 + os.getpid() % 150
+    here, there = f"10.{net}.77.1", f"10.{net}.77.2"
+    ns = ["ip", "netns", "exec", name]
+    steps = [
+        ["ip", "netns", "add", name],
+        ["ip", "link", "add", f"{name}h", "type", "veth", "peer", "name", f"{name}n"],
+        ["ip", "link", "set", f"{name}n", "netns", name],
+        ["ip", "addr", "add", f"{here}/30", "dev", f"{name}h"],
+        ["ip", "link", "set", f"{name}h", "up"],
+        [*ns, "ip", "addr", "add", f"{there}/30", "dev", f"{name}n"],
+        [*ns, "ip", "link", "set", f"{name}n", "up"],
+        [*ns, "ip", "link", "set", "lo", "up"],
+    ]
+    made = shutil.which("ip") is not None and os.geteuid() == 0
+    try:
+        for step in steps if made else []:
+            if subprocess.run(step, capture_output=True, timeout=10).returncode != 0:
+                made = False
+                break
+        yield (here, ns) if made else (ALIAS, [])
+    finally:
+        subprocess.run(["ip", "link", "del", f"{name}h"], capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+def free_port(host: str) -> int:
     with socket.socket() as s:
-        s.bind((HOST, 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def certificates(home: Path) -> tuple[Path, Path, Path]:
-    """A CA of the test's own and a server certificate for HOST it signed: (ca, cert, key)."""
+def certificates(home: Path, host: str) -> tuple[Path, Path, Path]:
+    """A CA of the test's own and a server certificate for ``host`` it signed."""
     import datetime
     import ipaddress
 
@@ -72,14 +105,14 @@ def certificates(home: Path) -> tuple[Path, Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]),
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
@@ -122,7 +155,7 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 @contextmanager
-def services(home: Path) -> Iterator[BlazeSettings]:
+def services(home: Path, host: str) -> Iterator[BlazeSettings]:
     """The three services, started here by hand; the settings that reach them."""
     procs: list[subprocess.Popen[bytes]] = []
     logs = home / "logs"
@@ -138,12 +171,12 @@ def services(home: Path) -> Iterator[BlazeSettings]:
 
     password = secrets.token_urlsafe(24)
     access, secret = "outside-" + secrets.token_hex(4), secrets.token_urlsafe(24)
-    rport, s3port, s3tls, kport = free_port(), free_port(), free_port(), free_port()
-    ca, cert, key = certificates(home)
+    rport, s3port, s3tls, kport = free_port(host), free_port(host), free_port(host), free_port(host)
+    ca, cert, key = certificates(home, host)
     try:
         conf = home / "redis.conf"  # the password stays off the command line; TLS only
         conf.write_text(
-            f"bind {HOST}\nport 0\ntls-port {rport}\ntls-cert-file {cert}\n"
+            f"bind {host}\nport 0\ntls-port {rport}\ntls-cert-file {cert}\n"
             f"tls-key-file {key}\ntls-ca-cert-file {ca}\ntls-auth-clients no\n"
             f"requirepass {password}\ndir {home}\n"
             'appendonly yes\nsave ""\nprotected-mode yes\n'
@@ -162,15 +195,15 @@ def services(home: Path) -> Iterator[BlazeSettings]:
                 }
             )
         )
-        weed_ports = [free_port() for _ in range(4)]
+        weed_ports = [free_port(host) for _ in range(4)]
         start(
             "s3",
             [
                 str(weed_binary()),
                 "mini",
                 f"-dir={home / 'weed'}",
-                f"-ip={HOST}",
-                f"-ip.bind={HOST}",
+                f"-ip={host}",
+                f"-ip.bind={host}",
                 f"-s3.port={s3port}",  # plain HTTP: for the broker's own storage only
                 f"-s3.port.https={s3tls}",  # what Blaze uses
                 f"-s3.cert.file={cert}",
@@ -188,9 +221,9 @@ def services(home: Path) -> Iterator[BlazeSettings]:
                 "-bucket=outside-results,outside-kafka",
             ],
         )
-        s3 = Minio(f"{HOST}:{s3port}", access_key=access, secret_key=secret, secure=False)
+        s3 = Minio(f"{host}:{s3port}", access_key=access, secret_key=secret, secure=False)
         wait_for(lambda: s3.bucket_exists("outside-kafka"), "SeaweedFS")
-        kafka = f"{HOST}:{kport}"
+        kafka = f"{host}:{kport}"
         start(
             "kafka",
             [
@@ -203,18 +236,18 @@ def services(home: Path) -> Iterator[BlazeSettings]:
             {
                 "AWS_ACCESS_KEY_ID": access,
                 "AWS_SECRET_ACCESS_KEY": secret,
-                "AWS_ENDPOINT": f"http://{HOST}:{s3port}",
+                "AWS_ENDPOINT": f"http://{host}:{s3port}",
                 "AWS_ALLOW_HTTP": "true",
                 "AWS_DEFAULT_REGION": "us-east-1",
             },
         )
         tls = {"ssl": True, "ssl_ca_certs": str(ca), "ssl_cert_reqs": "required"}
-        r = redis.Redis(host=HOST, port=rport, password=password, **tls)  # type: ignore[arg-type]
+        r = redis.Redis(host=host, port=rport, password=password, **tls)  # type: ignore[arg-type]
         wait_for(r.ping, "redis-server")
         with pytest.raises(redis.AuthenticationError):  # it does ask for the password
-            redis.Redis(host=HOST, port=rport, **tls).ping()  # type: ignore[arg-type]
+            redis.Redis(host=host, port=rport, **tls).ping()  # type: ignore[arg-type]
         with pytest.raises(redis.ConnectionError):  # and speaks TLS only
-            redis.Redis(host=HOST, port=rport, password=password).ping()
+            redis.Redis(host=host, port=rport, password=password).ping()
         admin: list[KafkaAdminClient] = []
         wait_for(lambda: admin.append(KafkaAdminClient(bootstrap_servers=kafka)) or True, "kafka")
         # topics of its own: 3 partitions, where Blaze would have made 4
@@ -226,12 +259,12 @@ def services(home: Path) -> Iterator[BlazeSettings]:
             namespace="outside",
             kafka={"bootstrap_servers": kafka},
             redis={
-                "url": f"rediss://{HOST}:{rport}/0",
+                "url": f"rediss://{host}:{rport}/0",
                 "password": password,
                 "ssl_ca_file": str(ca),
             },
             s3={
-                "endpoint": f"{HOST}:{s3tls}",
+                "endpoint": f"{host}:{s3tls}",
                 "secure": True,
                 "ca_file": str(ca),
                 "access_key": access,
@@ -249,20 +282,22 @@ def services(home: Path) -> Iterator[BlazeSettings]:
 def test_the_whole_pipeline_runs_on_services_blaze_did_not_start(tiny_models: Path) -> None:
     home = Path(tempfile.mkdtemp(prefix="blaze-outside-"))
     try:
-        with services(home) as base:
+        with two_hosts() as (host, elsewhere), services(home, host) as base:
             settings = base.model_copy(
                 update={"models_dir": tiny_models, "registry_file": home / "models.yaml"}
             )
             settings.registry_file.write_text(
                 f"models:\n  tiny:\n    source: {tiny_models / 'tiny'}\n    dtype: float32\n"
             )
-            run_pipeline(settings, home)
+            run_pipeline(settings, home, elsewhere)
             assert not settings.stack.state_dir.exists()  # nothing looked for the stack
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def run_pipeline(settings: BlazeSettings, home: Path) -> None:
+def run_pipeline(settings: BlazeSettings, home: Path, elsewhere: list[str]) -> None:
+    """The consumer and the worker on the other "host" (``elsewhere``: the command prefix
+    that runs there), the SDK here."""
     # only BLAZE_* variables reach the processes: none of the embedded stack's
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLAZE_")}
     env.update(settings.to_env())
@@ -273,7 +308,7 @@ def run_pipeline(settings: BlazeSettings, home: Path) -> None:
             with logs[name].open("wb") as fh:
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "blaze", *args],
+                        [*elsewhere, sys.executable, "-m", "blaze", *args],
                         env=env,
                         stdout=fh,
                         stderr=subprocess.STDOUT,
@@ -281,6 +316,9 @@ def run_pipeline(settings: BlazeSettings, home: Path) -> None:
                 )
         for name, text in (("worker", " ready."), ("consumer", "intake joined group")):
             wait_for(lambda n=name, t=text: t in logs[n].read_text(errors="replace"), name, 120)
+        if elsewhere:  # they do run on the other side of the veth pair
+            ours = os.readlink("/proc/self/ns/net")
+            assert all(os.readlink(f"/proc/{p.pid}/ns/net") != ours for p in procs)
         with Client(settings) as client:
             jobs = [LLMJob(model="tiny", prompt=f"outside {i}", max_new_tokens=4) for i in range(6)]
             client.submit_many(jobs)

@@ -338,6 +338,9 @@ class Pipeline:
             registry_file=self.tmp / "models.yaml",
             stack={"state_dir": self.tmp / "stack", **free_stack_ports()},
             batch={"max_size": args.batch, "max_wait_s": args.max_wait, "max_queued_batches": 2},
+            # every round asks the same prompts: the result cache would answer Blaze's from the
+            # first round (hundreds of jobs/s), so it is off, as the others have none
+            cache={"enabled": False},
             worker={
                 "torch_threads": 2 // args.blaze_workers or 1,
                 "batches_in_hand": args.batches_in_hand,

@@ -86,8 +86,16 @@ class KafkaStatusEvents:
         return out
 
     def flush(self, timeout: float = 10) -> None:
-        if self._producer is not None:
+        """Wait for the events sent so far; a broker that does not take them in ``timeout``
+        is logged, like any outage here (the chaos test caught a restart of the broker
+        during a producer's flush failing its submit with a bare KafkaTimeoutError)."""
+        if self._producer is None:
+            return
+        try:
             self._producer.flush(timeout=timeout)
+        except KafkaError as exc:
+            self.failed += 1
+            log.warning("status events not confirmed by %s: %s", self.settings.kafka_bootstrap, exc)
 
     def close(self) -> None:
         with self._lock:

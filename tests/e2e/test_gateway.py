@@ -79,7 +79,7 @@ def test_openai_client_and_curl_through_the_gateway_leak_no_secret(
     reader, slow = user.key("reader", "read"), user.key("slow", "read", "--rate", "1")
     listed = user.ok("keys", "list", "--json")
     assert {k["name"] for k in json.loads(listed)} == {"alice", "bob", "reader", "slow"}
-    assert alice not in listed and alice.split("_")[2] not in listed
+    assert alice not in listed and alice.split("_", 2)[2] not in listed
     answers: list[str] = []  # every body the gateway sent, for the secret grep
 
     # -- the OpenAI client's batch code, with invalid lines among the requests -------------

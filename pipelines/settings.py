@@ -68,12 +68,26 @@ class RedisSettings(_Group):
         default=None, description="unset with the embedded Redis: the password the stack generated"
     )
     status_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    status_url: str | None = Field(
+        default=None,
+        description="the job status store's Redis when not `url` (e.g. a Redis Cluster node); "
+        "same password and TLS settings",
+    )
+    status_cluster: bool = Field(
+        default=False, description="status_url is a Redis Cluster (the other nodes are found)"
+    )
     ssl_ca_file: str | None = Field(
         default=None,
         description="with a rediss:// URL: the CA that signed the server's certificate",
     )
     ssl_cert_file: str | None = Field(default=None, description="rediss://: a client certificate")
     ssl_key_file: str | None = Field(default=None, description="rediss://: its private key")
+
+    @model_validator(mode="after")
+    def _cluster_has_a_node(self) -> RedisSettings:
+        if self.status_cluster and not self.status_url:
+            raise ValueError("redis.status_cluster needs redis.status_url (a node of the cluster)")
+        return self
 
 
 class S3Settings(_Group):

@@ -11,6 +11,7 @@ import pytest
 
 from infra.stack import Stack, free_stack_ports
 from pipelines.settings import BlazeSettings
+from tests.valkey_cluster import valkey_cluster
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,6 +68,23 @@ def settings(stack: BlazeSettings, tiny_models: Path) -> BlazeSettings:
             "batch": stack.batch.model_copy(update={"max_size": 8, "max_wait_s": 0.3}),
         }
     )
+
+
+@pytest.fixture(scope="session")
+def status_cluster(stack: BlazeSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-node Valkey cluster with the stack's Redis password, once per session; yields
+    one node's URL (the client finds the others)."""
+    assert stack.redis.password is not None
+    folder = tmp_path_factory.mktemp("cluster")
+    with valkey_cluster(folder, stack.redis.password.get_secret_value()) as ports:
+        yield f"redis://127.0.0.1:{ports[1]}"
+
+
+@pytest.fixture
+def cluster_settings(settings: BlazeSettings, status_cluster: str) -> BlazeSettings:
+    """``settings`` with the job status store on the Valkey cluster (the broker stays put)."""
+    redis = settings.redis.model_copy(update={"status_url": status_cluster, "status_cluster": True})
+    return settings.model_copy(update={"redis": redis})
 
 
 @pytest.fixture(scope="session")

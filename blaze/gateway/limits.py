@@ -22,6 +22,7 @@ from blaze.gateway.auth import Principal, text_of
 from blaze.gateway.errors import ApiError
 from pipelines.settings import BlazeSettings
 from pipelines.stores.status import StatusStore
+from pipelines.stores.status_redis import job_key
 
 
 def _script(name: str) -> str:
@@ -75,6 +76,7 @@ class Limits:
     def __init__(self, settings: BlazeSettings, client: redis.Redis, status: StatusStore) -> None:
         self.client = client
         self.status = status
+        self.status_apart = bool(settings.redis.status_url)
         self.ns = settings.namespace
         self.owner_ttl = settings.redis.status_ttl_s
         self._bucket = client.register_script(BUCKET_LUA)
@@ -106,10 +108,14 @@ class Limits:
             jkey,
             self._open_key(who),
             *[self.owner_key(j) for j in ids],
-            *[f"{self.ns}:job:{j}" for j in ids],
         ]
         rates: list[str | int | float] = [rrate, rburst, jrate, jburst] if buckets else [0, 1, 0, 1]
         args = [*rates, who.max_open_jobs, self.owner_ttl, who.tenant, *ids]
+        if self.status_apart:  # the script cannot see the status store: it is told instead
+            states = self.status.states(ids)
+            args += ["1" if states[j] is not None else "0" for j in ids]
+        else:
+            keys += [job_key(self.ns, j) for j in ids]
         code, first, second = self._submit(keys=keys, args=args)
         return int(code), _text(first), _text(second)
 

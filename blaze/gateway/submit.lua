@@ -1,7 +1,8 @@
 -- One job submission's every check, in one round trip and atomically:
 -- the request bucket, the jobs bucket, the owners of the ids and the cap on open jobs.
 -- KEYS: [1] request bucket, [2] jobs bucket, [3] the key's open set,
---       [4..n+3] owner records, [n+4..2n+3] status hashes.
+--       [4..n+3] owner records, [n+4..2n+3] status hashes (left out when the status store
+--       is another Redis: then ARGV ends with a flag per id, '1' if the store knows the job).
 -- ARGV: request rate, request burst, jobs rate, jobs burst, cap, ttl, tenant, job ids.
 -- A rate of 0 leaves that bucket out (admission alone: the owners and the cap).
 -- Returns {0, requests left, jobs left}, or a refusal:
@@ -27,7 +28,14 @@ end
 local rrate, rburst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local jrate, jburst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local cap, ttl, tenant = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local n = (#KEYS - 3) / 2
+local n = #ARGV - 7
+local inline = #KEYS == 3 + 2 * n
+if not inline then n = (#ARGV - 7) / 2 end
+
+local function known(i)
+  if inline then return redis.call('EXISTS', KEYS[3 + n + i]) == 1 end
+  return ARGV[7 + n + i] == '1'
+end
 
 local req, jobs = 1, n
 if rrate > 0 then
@@ -44,7 +52,7 @@ for i = 1, n do
   local owner = redis.call('GET', KEYS[3 + i])
   if owner then
     if owner ~= tenant then return {-2, i, ''} end
-  elseif redis.call('EXISTS', KEYS[3 + n + i]) == 1 then
+  elseif known(i) then
     return {-2, i, ''}
   end
 end

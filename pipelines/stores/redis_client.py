@@ -29,11 +29,46 @@ def redis_client(
     )
 
 
-def redis_tls(settings: BlazeSettings) -> dict[str, Any]:
-    """redis-py's TLS arguments (none unless the URL is ``rediss://``): the server's certificate
-    is always verified, against ``redis.ssl_ca_file`` or the system's CAs."""
+def _status_kwargs(settings: BlazeSettings) -> tuple[str, dict[str, Any]]:
+    url = settings.redis.status_url or settings.redis_url
+    pw = settings.redis.password
+    kwargs: dict[str, Any] = dict(
+        password=pw.get_secret_value() if pw else None,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        **redis_tls(settings, url),
+    )
+    return url, kwargs
+
+
+def status_redis_client(
+    settings: BlazeSettings, *, health_check_s: int = 30
+) -> redis.Redis | redis.RedisCluster:
+    """A client of the status store's Redis: ``redis.status_url`` when set (a Redis Cluster
+    with ``redis.status_cluster``), else the broker's Redis."""
+    url, kwargs = _status_kwargs(settings)
+    kwargs["health_check_interval"] = health_check_s
+    if settings.redis.status_cluster:
+        return redis.RedisCluster.from_url(url, **kwargs)
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def async_status_client(settings: BlazeSettings) -> Any:
+    """``status_redis_client`` for asyncio code (``redis.asyncio``)."""
+    import redis.asyncio as aioredis
+
+    url, kwargs = _status_kwargs(settings)
+    if settings.redis.status_cluster:
+        return aioredis.RedisCluster.from_url(url, **kwargs)
+    return aioredis.Redis.from_url(url, **kwargs)
+
+
+def redis_tls(settings: BlazeSettings, url: str | None = None) -> dict[str, Any]:
+    """redis-py's TLS arguments (none unless the URL, by default the broker's, is
+    ``rediss://``): the server's certificate is always verified, against
+    ``redis.ssl_ca_file`` or the system's CAs."""
     r = settings.redis
-    if not settings.redis_url.startswith("rediss://"):
+    if not (url or settings.redis_url).startswith("rediss://"):
         return {}
     out: dict[str, Any] = {"ssl_cert_reqs": "required"}
     if r.ssl_ca_file:

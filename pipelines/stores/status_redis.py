@@ -1,20 +1,30 @@
 """The Redis/Valkey ``StatusStore``: one hash per job, changed by Lua scripts in pipelines.
 
-The scripts (``status_advance.lua``, ``status_reset.lua`` beside this file) are loaded once per
-process; the state order they apply comes from ``pipelines.stores.status``.
+The scripts (``status_advance.lua``, ``status_group.lua`` beside this file) run by their SHA
+and are loaded into a server only when it says it lacks them; the state order they apply comes
+from ``pipelines.stores.status``.
+
+Every key a script touches is declared, and a job's keys and a group's keys carry the job id
+and the group name as hash tags, so each call stays in one Redis Cluster slot: a job's update
+runs on the job's slot, and counting the jobs that ended towards their group is a second,
+idempotent call on the group's slot (``status_group.lua``). The store runs the same way on one
+Redis and on a cluster (``redis.status_url`` with ``redis.status_cluster``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
 
 import redis
+from redis.crc import key_slot
+from redis.exceptions import ClusterError, NoScriptError
 
 from pipelines.errors import ServiceUnavailable
 from pipelines.settings import BlazeSettings
-from pipelines.stores.redis_client import redis_client
+from pipelines.stores.redis_client import status_redis_client
 from pipelines.stores.status import (
     COUNTERS,
     RUNNING_RANK,
@@ -34,78 +44,147 @@ def _script(name: str) -> str:
 
 
 ADVANCE_LUA = _script("status_advance.lua")
+GROUP_LUA = _script("status_group.lua")
 CHUNK = 500  # updates per script call: Redis runs nothing else while a script runs
-RESET_LUA = _script("status_reset.lua")
+_DOWN = (redis.ConnectionError, redis.TimeoutError, ClusterError)
+Call = tuple[str, list[str], list[Any]]
+"""One script call: the script's text, its keys, its arguments."""
+
+
+def job_key(namespace: str, job_id: str) -> str:
+    """A job's status hash; the job id is its hash tag (its Redis Cluster slot)."""
+    return f"{namespace}:job:{{{job_id}}}"
+
+
+def group_key(namespace: str, group: str) -> str:
+    """A group's hash (``+ ":done"``: the set of its counted jobs), tagged by the group."""
+    return f"{namespace}:group:{{{group}}}"
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
 
 class RedisStatusStore:
-    """Status as one hash per job in Redis/Valkey, written in pipelined Lua calls."""
+    """Status as one hash per job in Redis/Valkey (or a Redis Cluster), written in pipelined
+    Lua calls."""
 
     def __init__(
         self,
         settings: BlazeSettings,
-        client: redis.Redis | None = None,
+        client: redis.Redis | redis.RedisCluster | None = None,
         events: EventSink | None = None,
     ) -> None:
-        self.url = settings.redis_url
-        self.client = client or redis_client(settings, health_check_s=30)
-        self.prefix = f"{settings.namespace}:job:"
-        self.group_prefix = f"{settings.namespace}:group:"
+        self.url = settings.redis.status_url or settings.redis_url
+        self.client = client or status_redis_client(settings, health_check_s=30)
+        self.cluster = isinstance(self.client, redis.RedisCluster)
+        self.ns = settings.namespace
         self.ttl = settings.redis.status_ttl_s
         self.events = events
-        self._advance = self.client.register_script(ADVANCE_LUA)
-        self._reset = self.client.register_script(RESET_LUA)
 
     def _unavailable(self, exc: Exception) -> ServiceUnavailable:
         return ServiceUnavailable("Redis", self.url.split("@")[-1], str(exc)[:200])
 
+    def _key(self, job_id: str) -> str:
+        return job_key(self.ns, job_id)
+
+    def _slot(self, job_id: str) -> int:
+        return key_slot(self._key(job_id).encode()) if self.cluster else 0
+
+    def _pipeline(self, transaction: bool = False) -> Any:
+        return self.client.pipeline(transaction=transaction)
+
+    def _eval(self, calls: Sequence[Call]) -> list[Any]:
+        """Run script calls in one pipeline (one round trip per node). A server that lacks a
+        script (new, or restarted) is given it, and only the calls it refused run again."""
+        out: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self._pipeline()
+            for i in todo:
+                text, keys, args = calls[i]
+                # execute_command: redis-py's cluster pipeline blocks its evalsha method, for
+                # want of script loading; this method loads what a server lacks (below)
+                pipe.execute_command("EVALSHA", _sha(text), len(keys), *keys, *args)
+            rows = pipe.execute(raise_on_error=False)
+            missing = []
+            for i, row in zip(todo, rows, strict=True):
+                if isinstance(row, NoScriptError) and attempt == 0:
+                    missing.append(i)
+                elif isinstance(row, Exception):
+                    raise row
+                else:
+                    out[i] = row
+            if not missing:
+                break
+            for text in {calls[i][0] for i in missing}:
+                self.client.script_load(text)  # on a cluster: every primary
+            todo = missing
+        return out
+
     def _run(self, calls: Sequence[tuple[StatusUpdate, str]]) -> tuple[list[Any], Applied]:
-        """Run the advance script over ``(update, mode)`` pairs: one script call per mode and
-        ``CHUNK`` updates, all in one round trip."""
+        """Apply ``(update, mode)`` pairs: one script call per mode, slot and ``CHUNK``
+        updates, all in one round trip; then the jobs that ended are counted towards their
+        groups (a second round trip, only when there are any)."""
         if not calls:
             return [], Applied()
+        parts: dict[tuple[str, int], list[int]] = {}
+        for i, (up, mode) in enumerate(calls):
+            parts.setdefault((mode, self._slot(up.job_id)), []).append(i)
+        script_calls: list[Call] = []
+        order: list[list[int]] = []
+        for (mode, _), idx in parts.items():
+            for start in range(0, len(idx), CHUNK):
+                part = idx[start : start + CHUNK]
+                args: list[Any] = [mode, self.ttl, RUNNING_RANK, TERMINAL_RANK]
+                for i in part:
+                    up = calls[i][0]
+                    args += [
+                        up.state.value,
+                        up.state.rank,
+                        repr(up.at),
+                        up.reason[:2000],
+                        up.group,
+                        up.kind,
+                        COUNTERS.get(up.state, ""),
+                        up.loc,
+                        up.version,
+                    ]
+                script_calls.append(
+                    (ADVANCE_LUA, [self._key(calls[i][0].job_id) for i in part], args)
+                )
+                order.append(part)
+        rows: list[Any] = [None] * len(calls)
         try:
-            pipe = self.client.pipeline(transaction=False)
-            order: list[int] = []
-            for mode in dict.fromkeys(m for _, m in calls):
-                idx = [i for i, (_, m) in enumerate(calls) if m == mode]
-                for start in range(0, len(idx), CHUNK):
-                    part = idx[start : start + CHUNK]
-                    args: list[Any] = [mode, self.ttl, self.group_prefix, RUNNING_RANK]
-                    args.append(TERMINAL_RANK)
-                    for i in part:
-                        up = calls[i][0]
-                        args += [
-                            up.state.value,
-                            up.state.rank,
-                            repr(up.at),
-                            up.reason[:2000],
-                            up.group,
-                            up.kind,
-                            COUNTERS.get(up.state, ""),
-                            up.loc,
-                            up.version,
-                        ]
-                    keys = [self.prefix + calls[i][0].job_id for i in part]
-                    self._advance(keys=keys, args=args, client=pipe)
-                    order += part
-            rows_of = [row for chunk in pipe.execute() for row in chunk]
-            rows: list[Any] = [None] * len(calls)
-            for i, row in zip(order, rows_of, strict=True):
-                rows[i] = row
-        except redis.ConnectionError as exc:
+            for part, chunk in zip(order, self._eval(script_calls), strict=True):
+                for i, row in zip(part, chunk, strict=True):
+                    rows[i] = row
+            ended: dict[str, list[str]] = {}
+            for (up, _), row in zip(calls, rows, strict=True):
+                if row[3]:
+                    ended.setdefault(row[3].decode(), []).extend([up.job_id, row[1].decode()])
+            done = self._count(ended, "add")
+        except _DOWN as exc:
             raise self._unavailable(exc) from None
-        applied = Applied()
+        applied = Applied(groups_done=done)
         for (up, _), row in zip(calls, rows, strict=True):
             if row[0]:
                 applied.moved.append(up)
-            if len(row) > 3 and row[3]:
-                applied.groups_done.add(row[3].decode())
             if up.loc:
-                applied.locs[up.job_id] = row[4].decode() if len(row) > 4 and row[4] else ""
+                applied.locs[up.job_id] = row[4].decode() if row[4] else ""
         if self.events is not None and applied.moved:
             self.events(applied.moved)
         return rows, applied
+
+    def _count(self, jobs_of: dict[str, list[str]], mode: str) -> set[str]:
+        """Run ``status_group.lua`` per group over ``[job id, state, ...]``; the groups whose
+        last job this call counted."""
+        groups = list(jobs_of)
+        calls: list[Call] = []
+        for g in groups:
+            key = group_key(self.ns, g)
+            calls.append((GROUP_LUA, [key, key + ":done"], [mode, self.ttl, *jobs_of[g]]))
+        return {g for g, completed in zip(groups, self._eval(calls), strict=True) if completed}
 
     def update(self, updates: Sequence[StatusUpdate]) -> Applied:
         return self._run([(up, "set") for up in updates])[1]
@@ -134,34 +213,42 @@ class RedisStatusStore:
         if not job_ids:
             return {}
         try:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._pipeline()
             for j in job_ids:
-                pipe.hincrby(self.prefix + j, "deaths", 1)
+                pipe.hincrby(self._key(j), "deaths", 1)
             counts = pipe.execute()
-        except redis.RedisError as exc:
+        except _DOWN as exc:
             raise self._unavailable(exc) from None
         return {j: int(n) for j, n in zip(job_ids, counts, strict=True)}
 
     def reset(self, job_ids: Iterable[str]) -> None:
-        keys = [self.prefix + j for j in job_ids]
-        if not keys:
+        ids = list(job_ids)
+        if not ids:
             return
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                self._reset(keys=[key], args=[self.group_prefix], client=pipe)
+            pipe = self._pipeline()
+            for j in ids:
+                pipe.hmget(self._key(j), "group", "state", "rank")
+            ended: dict[str, list[str]] = {}
+            for j, (group, state, rank) in zip(ids, pipe.execute(), strict=True):
+                if group and rank and int(rank) >= TERMINAL_RANK:
+                    ended.setdefault(group.decode(), []).extend([j, state.decode()])
+            self._count(ended, "remove")  # first: a reset that dies here is simply rerun
+            pipe = self._pipeline()
+            for j in ids:
+                pipe.delete(self._key(j))
             pipe.execute()
-        except redis.ConnectionError as exc:
+        except _DOWN as exc:
             raise self._unavailable(exc) from None
 
     def get(self, job_ids: Iterable[str]) -> dict[str, JobStatus | None]:
         ids = list(job_ids)
         try:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._pipeline()
             for j in ids:
-                pipe.hgetall(self.prefix + j)
+                pipe.hgetall(self._key(j))
             rows = pipe.execute()
-        except redis.ConnectionError as exc:
+        except _DOWN as exc:
             raise self._unavailable(exc) from None
         out: dict[str, JobStatus | None] = {}
         for j, row in zip(ids, rows, strict=True):
@@ -199,32 +286,32 @@ class RedisStatusStore:
     def states(self, job_ids: Iterable[str]) -> dict[str, JobState | None]:
         ids = list(job_ids)
         try:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._pipeline()
             for j in ids:
-                pipe.hget(self.prefix + j, "state")
+                pipe.hget(self._key(j), "state")
             rows = pipe.execute()
-        except redis.ConnectionError as exc:
+        except _DOWN as exc:
             raise self._unavailable(exc) from None
         return {j: JobState(v.decode()) if v else None for j, v in zip(ids, rows, strict=True)}
 
     def open_group(self, group: str, total: int) -> None:
-        key = self.group_prefix + group
+        key = group_key(self.ns, group)
         try:
-            pipe = self.client.pipeline(transaction=True)
+            pipe = self._pipeline(transaction=True)
             pipe.hsetnx(key, "total", total)
             pipe.expire(key, self.ttl)
             pipe.execute()
-        except redis.ConnectionError as exc:
+        except _DOWN as exc:
             raise self._unavailable(exc) from None
 
     def group_progress(self, group: str) -> GroupProgress:
-        key = self.group_prefix + group
+        key = group_key(self.ns, group)
         try:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._pipeline()
             pipe.hgetall(key)
             pipe.scard(key + ":done")
             row, done = pipe.execute()
-        except redis.ConnectionError as exc:
+        except _DOWN as exc:
             raise self._unavailable(exc) from None
         fields = {k.decode(): v.decode() for k, v in row.items()}
         total = int(fields.pop("total", -1))
@@ -233,12 +320,12 @@ class RedisStatusStore:
         return GroupProgress(group, total, int(done), counts, marks)
 
     def mark_group(self, group: str, name: str, at: float) -> float:
-        key = self.group_prefix + group
+        key = group_key(self.ns, group)
         try:
-            pipe = self.client.pipeline(transaction=True)
+            pipe = self._pipeline(transaction=True)
             pipe.hsetnx(key, "at_" + name, repr(at))
             pipe.hget(key, "at_" + name)
             _, value = pipe.execute()
-        except redis.ConnectionError as exc:
+        except _DOWN as exc:
             raise self._unavailable(exc) from None
         return float(value)

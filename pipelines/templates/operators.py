@@ -32,8 +32,9 @@ from pipelines.errors import BlazeError
 from pipelines.results import parse_result
 from pipelines.settings import BlazeSettings, load_settings
 from pipelines.stores.batch_results import read_results
-from pipelines.stores.redis_client import redis_tls
+from pipelines.stores.redis_client import async_status_client
 from pipelines.stores.status import JobState
+from pipelines.stores.status_redis import job_key
 from pipelines.templates.spec import (
     BranchStep,
     DiffusionStep,
@@ -276,16 +277,8 @@ class BlazeJobsTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        import redis.asyncio as aioredis
-
         settings = load_settings(namespace=self.namespace)
-        pw = settings.redis.password
-        client = aioredis.Redis.from_url(
-            settings.redis_url,
-            password=pw.get_secret_value() if pw else None,
-            **redis_tls(settings),
-        )
-        prefix = f"{settings.namespace}:job:"
+        client = async_status_client(settings)
         ended: dict[str, tuple[str, str]] = {}
         pending = list(self.job_ids)
         try:
@@ -294,7 +287,7 @@ class BlazeJobsTrigger(BaseTrigger):
                     chunk = pending[start : start + 1000]
                     pipe = client.pipeline(transaction=False)
                     for job_id in chunk:
-                        pipe.hmget(prefix + job_id, "state", "reason")
+                        pipe.hmget(job_key(settings.namespace, job_id), "state", "reason")
                     for job_id, (state, reason) in zip(chunk, await pipe.execute(), strict=True):
                         if state is not None and JobState(state.decode()).terminal:
                             ended[job_id] = (state.decode(), (reason or b"").decode())

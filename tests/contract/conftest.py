@@ -46,13 +46,24 @@ def recorder() -> Recorder:
     return Recorder()
 
 
-@pytest.fixture(params=["memory", "redis"])
+def redis_status(request: pytest.FixtureRequest, events: Recorder) -> RedisStatusStore:
+    """The Redis store on the session stack (``request.param`` "redis"), or on the session's
+    Valkey cluster ("redis-cluster"), configured only through settings as a deployment is."""
+    if request.param == "redis":
+        return RedisStatusStore(_real(request), events=events)
+    settings: BlazeSettings = request.getfixturevalue("cluster_settings")
+    store = RedisStatusStore(settings, events=events)
+    assert store.cluster
+    return store
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 def status_store(request: pytest.FixtureRequest, recorder: Recorder) -> Iterator[StatusStore]:
     store: StatusStore
     if request.param == "memory":
         store = MemoryStatusStore(events=recorder)
     else:
-        store = RedisStatusStore(_real(request), events=recorder)
+        store = redis_status(request, recorder)
     yield store
     store.close()
 

@@ -18,6 +18,10 @@ from pydantic import SecretStr
 from blaze.gateway.app import create_app
 from blaze.gateway.core import Gateway
 from pipelines.settings import BlazeSettings
+from pipelines.stores import connect
+from pipelines.stores.redis_client import redis_client
+from pipelines.stores.status import JobState, StatusUpdate
+from pipelines.stores.status_redis import RedisStatusStore, job_key
 from tests.integration.conftest import running_intake, running_worker
 
 
@@ -446,3 +450,27 @@ def test_replicas_share_keys_limits_and_owners(settings: BlazeSettings) -> None:
         assert b.get("/v1/jobs/via-a", headers=h).json()["state"] == "queued"  # the other replica
         codes = [(a if i % 2 else b).get("/v1/jobs/via-a", headers=h).status_code for i in range(6)]
         assert codes.count(429) >= 2, codes  # one bucket of 3 per second across both replicas
+
+
+def test_the_gateway_works_with_job_status_on_a_redis_cluster(
+    cluster_settings: BlazeSettings,
+) -> None:
+    """Status on a three-node cluster (``redis.status_url``), keys and limits on the broker's
+    Redis: the owner check still sees jobs that only the status store knows."""
+    gw = Gateway(cluster_settings)
+    with TestClient(create_app(cluster_settings, gw), raise_server_exceptions=False) as http:
+        api = Api(http, gw)
+        alice, bob = api.key("alice", "submit,read"), api.key("bob", "submit,read")
+        status = connect.status_store(cluster_settings)
+        status.update([StatusUpdate("from-kafka", JobState.QUEUED)])  # another producer's
+        taken = http.post("/v1/jobs", json={"jobs": [llm(0, job_id="from-kafka")]}, headers=bob)
+        assert taken.status_code == 409 and taken.json()["error"]["field"] == "job_id"
+        made = http.post("/v1/jobs", json={"jobs": [llm(1, job_id="mine")]}, headers=alice)
+        assert made.status_code == 202, made.text
+        assert http.post("/v1/jobs/mine/cancel", headers=alice).json()["state"] == "cancelled"
+        assert http.get("/v1/jobs/mine", headers=alice).json()["state"] == "cancelled"
+        assert http.get("/v1/jobs/mine", headers=bob).status_code == 404
+    key = job_key(cluster_settings.namespace, "mine")
+    assert isinstance(status, RedisStatusStore) and status.cluster
+    assert status.client.exists(key) and not redis_client(cluster_settings).exists(key)
+    status.close()

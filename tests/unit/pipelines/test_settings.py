@@ -163,3 +163,27 @@ def test_rediss_urls_verify_the_server_in_every_client() -> None:
 
     assert s3_tls(tls) == {"cert_reqs": "CERT_REQUIRED", "ca_certs": "/etc/ca.pem"}
     assert s3_tls(plain) == {}
+
+
+def test_the_status_store_can_live_on_its_own_redis_or_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import redis
+
+    from pipelines.stores.redis_client import status_redis_client
+
+    monkeypatch.setenv("BLAZE_REDIS__STATUS_CLUSTER", "true")
+    with pytest.raises(ConfigError, match="status_url"):
+        load_settings()
+    monkeypatch.setenv("BLAZE_REDIS__URL", "redis://broker:6379/0")
+    monkeypatch.setenv("BLAZE_REDIS__STATUS_URL", "rediss://status-0:6380")
+    monkeypatch.setenv("BLAZE_REDIS__SSL_CA_FILE", "/etc/ca.pem")
+    monkeypatch.setenv("BLAZE_REDIS__STATUS_CLUSTER", "false")
+    kwargs = status_redis_client(load_settings()).connection_pool.connection_kwargs
+    # the status store's own TLS URL verifies its server, though the broker's is plain
+    assert kwargs["host"] == "status-0" and kwargs["ssl_ca_certs"] == "/etc/ca.pem"
+    monkeypatch.delenv("BLAZE_REDIS__STATUS_URL")
+    monkeypatch.delenv("BLAZE_REDIS__STATUS_CLUSTER")
+    plain = status_redis_client(load_settings())
+    assert isinstance(plain, redis.Redis)
+    assert plain.connection_pool.connection_kwargs["host"] == "broker"

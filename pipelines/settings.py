@@ -40,7 +40,7 @@ class KafkaSettings(_Group):
     replication_factor: int = Field(default=1, ge=1, le=16)
     consumer_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
     fetch_max_wait_ms: int = Field(
-        default=20, ge=1, le=5000, description="intake: longest a fetch waits at the broker"
+        default=100, ge=1, le=5000, description="intake: longest a fetch waits at the broker"
     )
     status_events: bool = Field(
         default=True, description="publish every job state change to {namespace}.status"

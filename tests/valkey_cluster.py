@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 
 from infra.stack import port_free, valkey_binary
+from tests.processes import stop
 
 SLOTS = 16384
 
@@ -88,11 +89,4 @@ def valkey_cluster(folder: Path, password: str, nodes: int = 3) -> Iterator[list
             c.close()
         yield ports
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(procs, grace_s=10)

@@ -36,6 +36,7 @@ from pipelines.openai.service import BatchService
 from pipelines.results import LLMResult
 from pipelines.settings import BlazeSettings
 from pipelines.stores.status import JobState
+from tests.processes import stop
 
 REDIS = "/usr/bin/redis-server"
 ALIAS = "127.0.0.2"  # where no network namespace can be made
@@ -140,18 +141,6 @@ def wait_for(check: object, what: str, timeout: float = 60) -> None:
             pass
         assert time.monotonic() < deadline, f"{what} did not come up"
         time.sleep(0.2)
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM to each (the last started first), then SIGKILL to any still there after 30 s."""
-    for proc in reversed(procs):
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextmanager

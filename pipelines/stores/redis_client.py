@@ -9,6 +9,19 @@ import redis
 from pipelines.settings import BlazeSettings
 
 
+def _kwargs(
+    settings: BlazeSettings, url: str, connect_timeout_s: float, timeout_s: float | None
+) -> dict[str, Any]:
+    """What every client of ``url`` is given: the password, timeouts and TLS arguments."""
+    pw = settings.redis.password
+    return dict(
+        password=pw.get_secret_value() if pw else None,
+        socket_connect_timeout=connect_timeout_s,
+        socket_timeout=timeout_s,
+        **redis_tls(settings, url),
+    )
+
+
 def redis_client(
     settings: BlazeSettings,
     *,
@@ -18,27 +31,15 @@ def redis_client(
 ) -> redis.Redis:
     """A client of the settings' Redis (nothing connects until the first command); over TLS
     with a ``rediss://`` URL."""
-    pw = settings.redis.password
     return redis.Redis.from_url(
         settings.redis_url,
-        password=pw.get_secret_value() if pw else None,
-        socket_connect_timeout=connect_timeout_s,
-        socket_timeout=timeout_s,
         health_check_interval=health_check_s,
-        **redis_tls(settings),
+        **_kwargs(settings, settings.redis_url, connect_timeout_s, timeout_s),
     )
 
 
-def _status_kwargs(settings: BlazeSettings) -> tuple[str, dict[str, Any]]:
-    url = settings.redis.status_url or settings.redis_url
-    pw = settings.redis.password
-    kwargs: dict[str, Any] = dict(
-        password=pw.get_secret_value() if pw else None,
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        **redis_tls(settings, url),
-    )
-    return url, kwargs
+def _status_url(settings: BlazeSettings) -> str:
+    return settings.redis.status_url or settings.redis_url
 
 
 def status_redis_client(
@@ -46,7 +47,8 @@ def status_redis_client(
 ) -> redis.Redis | redis.RedisCluster:
     """A client of the status store's Redis: ``redis.status_url`` when set (a Redis Cluster
     with ``redis.status_cluster``), else the broker's Redis."""
-    url, kwargs = _status_kwargs(settings)
+    url = _status_url(settings)
+    kwargs = _kwargs(settings, url, 5, 30)
     kwargs["health_check_interval"] = health_check_s
     if settings.redis.status_cluster:
         return redis.RedisCluster.from_url(url, **kwargs)
@@ -57,7 +59,8 @@ def async_status_client(settings: BlazeSettings) -> Any:
     """``status_redis_client`` for asyncio code (``redis.asyncio``)."""
     import redis.asyncio as aioredis
 
-    url, kwargs = _status_kwargs(settings)
+    url = _status_url(settings)
+    kwargs = _kwargs(settings, url, 5, 30)
     if settings.redis.status_cluster:
         return aioredis.RedisCluster.from_url(url, **kwargs)
     return aioredis.Redis.from_url(url, **kwargs)

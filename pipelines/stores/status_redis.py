@@ -13,6 +13,7 @@ Redis and on a cluster (``redis.status_url`` with ``redis.status_cluster``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from importlib import resources
@@ -61,7 +62,9 @@ def group_key(namespace: str, group: str) -> str:
     return f"{namespace}:group:{{{group}}}"
 
 
+@functools.cache
 def _sha(text: str) -> str:
+    """The script's SHA (computed once per script, not per call)."""
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
 
@@ -217,7 +220,7 @@ class RedisStatusStore:
             for j in job_ids:
                 pipe.hincrby(self._key(j), "deaths", 1)
             counts = pipe.execute()
-        except _DOWN as exc:
+        except redis.RedisError as exc:
             raise self._unavailable(exc) from None
         return {j: int(n) for j, n in zip(job_ids, counts, strict=True)}
 

@@ -25,6 +25,7 @@ from pipelines.stores.results import ResultStore
 from pipelines.stores.status import GroupsDone, JobState, JobStatus, StatusStore, StatusUpdate
 
 Progress = Callable[[int, int], None]
+WAIT_WINDOW = 256  # jobs whose state one step of a wait's poll reads
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,22 @@ class Client:
             return {}
         return {j: st for j, st in self.status(ended).items() if st is not None}
 
+    def _ended_front(self, pending: Sequence[str]) -> tuple[dict[str, JobStatus], int]:
+        """Ended jobs from the front of ``pending``, ``WAIT_WINDOW`` at a time, and how many
+        were looked at: the scan goes on past a window only if at least half of it ended, so
+        a poll reads about a window plus twice the jobs that ended since the last one, not
+        every pending job (100,000 of them took 1.1 s of client CPU per poll)."""
+        found: dict[str, JobStatus] = {}
+        start = 0
+        while start < len(pending):
+            window = pending[start : start + WAIT_WINDOW]
+            ended = self._ended(window)
+            found.update(ended)
+            start += len(window)
+            if 2 * len(ended) < len(window):
+                break
+        return found, start
+
     def wait(
         self,
         job_ids: Sequence[str],
@@ -218,18 +235,28 @@ class Client:
         progress: Progress | None = None,
         poll_s: float = 0.25,
     ) -> dict[str, JobStatus]:
-        """Block until every job is in a terminal state; raises ``JobTimeout`` past ``timeout``."""
+        """Block until every job is in a terminal state; raises ``JobTimeout`` past ``timeout``.
+
+        Jobs are looked at oldest first (see ``_ended_front``): the return comes the poll
+        after the last job ends, as before, while ``progress`` may count a job that ended far
+        out of order (a priority job behind a backlog) a few polls late.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         done: dict[str, JobStatus] = {}
         pending = list(dict.fromkeys(job_ids))
         while True:
-            done.update(self._ended(pending))
-            pending = [j for j in pending if j not in done]
+            ended, seen = self._ended_front(pending)
+            done.update(ended)
+            pending = [j for j in pending[:seen] if j not in ended] + pending[seen:]
             if progress:
                 progress(len(done), len(done) + len(pending))
             if not pending:
                 return done
             if deadline is not None and time.monotonic() >= deadline:
+                done.update(self._ended(pending))  # the error names only what truly is pending
+                pending = [j for j in pending if j not in done]
+                if not pending:
+                    return done
                 raise JobTimeout(
                     f"{len(pending)} of {len(job_ids)} jobs not finished after {timeout}s",
                     pending=pending,

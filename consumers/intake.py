@@ -46,6 +46,14 @@ from pipelines.tasks import batch_payload
 
 log = logging.getLogger(__name__)
 
+ROOM_POLL_S = (0.05, 0.25)
+"""While ready batches wait for room: how soon intake looks again, doubling from the first to
+the second each turn that sent nothing, back to the first once one goes. Ready batches wait
+only while every queue holds ``max_queued_batches``, so a look up to 0.25 s late idles no worker
+whose batches take more than 0.25 s / ``max_queued_batches`` (62 ms at the default 4). Looking
+every 0.05 s throughout cost the consumer 0.61 CPU-s over a 13 s backlog of 16 batches, against
+0.40 with the backoff, at the same wall time."""
+
 
 class Record(Protocol):
     topic: str
@@ -175,12 +183,13 @@ class Intake:
         self.recent_dead: deque[dict[str, Any]] = deque(maxlen=20)  # for heartbeats, newest last
         self._kinds = {settings.jobs_topic(k): k for k in JOB_KINDS}
         self._last_commit = float("-inf")
+        self._room_poll_s = ROOM_POLL_S[0]
 
     # -- one turn of the loop ----------------------------------------------------------------
     def step(self, max_poll_s: float = 0.5) -> None:
         """Poll once, dead-letter and batch what came, dispatch what is due, commit."""
         if self.ready:  # full queues: look again soon (open batches wait, see below)
-            timeout = min(max_poll_s, 0.05)
+            timeout = min(max_poll_s, self._room_poll_s)
         else:
             wait = self.batcher.seconds_to_next()
             timeout = max_poll_s if wait is None else min(max_poll_s, wait)
@@ -351,6 +360,7 @@ class Intake:
         """
         full: set[tuple[str, str]] = set()
         waiting: list[list[Entry]] = []
+        sent = False
         for batch in self.ready:
             job, ref = batch[0].job, batch[0].ref
             target = (job.kind, ref)
@@ -360,7 +370,10 @@ class Intake:
                 waiting.append(batch)
                 continue
             self._dispatch(queue, batch)
+            sent = True
         self.ready = waiting
+        first, most = ROOM_POLL_S
+        self._room_poll_s = first if sent or not waiting else min(most, 2 * self._room_poll_s)
         over = self.buffered() >= self.settings.fleet.read_ahead_jobs
         if self.ready and over and not self.paused:
             self.source.pause(*self.source.assignment())

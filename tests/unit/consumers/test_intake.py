@@ -32,8 +32,10 @@ class FakeSource:
     batches: list[dict[Any, list[Rec]]] = field(default_factory=list)
     commits: list[dict[Any, Any]] = field(default_factory=list)
     paused_parts: set[Any] = field(default_factory=set)
+    timeouts: list[int] = field(default_factory=list)
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Rec]]:
+        self.timeouts.append(timeout_ms)
         if self.paused_parts:
             return {}
         return self.batches.pop(0) if self.batches else {}
@@ -244,6 +246,28 @@ def test_a_lone_job_leaves_after_the_quiet_time_when_its_queue_is_empty() -> Non
     clock.now = 0.6
     intake.step()
     assert [[j["job_id"] for j in p["jobs"]] for _, p in disp.sent] == [["a"], ["b"]]
+
+
+def test_while_batches_wait_for_room_intake_looks_less_often_until_one_goes() -> None:
+    values = [job(f"j{i}", "tiny2") for i in range(9)]  # 3 batches; the queue takes 2
+    src = FakeSource([recs(values)])
+    intake, disp, _, _ = make(SETTINGS, src, Clock())
+    for _ in range(5):
+        intake.step()
+    assert len(disp.sent) == 2 and len(intake.ready) == 1
+    # the first poll waited the full idle time; then 50 ms, doubling to 250 ms while full
+    assert src.timeouts == [500, 50, 100, 200, 250]
+    disp.waiting[SETTINGS.queue("llm", "cpu")] = 1  # the worker took one batch
+    intake.step()
+    assert len(disp.sent) == 3 and not intake.ready
+    values = [job(f"k{i}", "tiny2") for i in range(9)]
+    src.batches.append(recs(values))
+    disp.waiting[SETTINGS.queue("llm", "cpu")] = 0
+    src.timeouts.clear()
+    for _ in range(3):
+        intake.step()
+    assert len(intake.ready) == 1  # full again: back to looking after 50 ms, then doubling
+    assert src.timeouts[1:] == [50, 100]
 
 
 def test_a_partial_batch_keeps_filling_while_queues_are_full() -> None:

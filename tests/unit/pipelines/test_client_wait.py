@@ -4,7 +4,7 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
-from pipelines.client import WAIT_WINDOW, Client
+from pipelines.client import WAIT_FIRST, WAIT_WINDOW, Client
 from pipelines.errors import JobTimeout
 from pipelines.settings import BlazeSettings
 from pipelines.stores.results_memory import MemoryResultStore
@@ -66,10 +66,9 @@ def test_jobs_ending_newest_first_still_return_the_poll_after_the_last_ends() ->
     assert sorted(done) == IDS
     polls = [n for n in store.read if n]
     assert len(polls) == 21  # returns the poll after the oldest, last, job ends
-    # one window a poll until more than half of the oldest window ended; that poll reads on
-    # through every pending job (all ended but the oldest 100; the 56 ended within the oldest
-    # window the poll before were taken off), the next finds the last 100
-    assert polls[:19] == [WAIT_WINDOW] * 19 and polls[19:] == [len(IDS) - 56, 100]
+    # the oldest jobs are the last to end: each poll reads the first 32 and stops there; the
+    # poll after the last ends reads on through every job, in windows of 32 doubling to 256
+    assert polls == [WAIT_FIRST] * 20 + [len(IDS)]
 
 
 def test_a_timeout_names_exactly_the_jobs_that_have_not_ended() -> None:

@@ -120,6 +120,10 @@ def peak_rss_mb() -> float:
     return round(max(own, kids) / 1024, 1)
 
 
+def table(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {k: {m: round(v, 3) for m, v in r.items()} for k, r in rows.items()}
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -588,7 +592,9 @@ def main() -> None:
         default=1,
         help="batches each Blaze worker holds (2: a continuous model refills from the next)",
     )
-    ap.add_argument("--latency-jobs", type=int, default=12)
+    ap.add_argument(
+        "--latency-jobs", type=int, default=12, help="jobs of the latency mode (0: skip it)"
+    )
     ap.add_argument("--latency-gap", type=float, default=1.0)
     ap.add_argument(
         "--workload",
@@ -611,6 +617,8 @@ def main() -> None:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.mixed_max < 8:
         ap.error("--mixed-max must be >= 8")
+    if args.latency_jobs < 0:
+        ap.error("--latency-jobs must be >= 0 (0 skips the latency mode)")
     args.continuous = args.workload == "mixed"
     if args.child:
         children = {
@@ -669,7 +677,11 @@ def main() -> None:
                         flush=True,
                     )
         # latency mode: the same prompts one at a time through Blaze, and alone on the engine
-        latency = pipe.latency(prompts[: args.latency_jobs], args.latency_gap)
+        latency = (
+            pipe.latency(prompts[: args.latency_jobs], args.latency_gap)
+            if args.latency_jobs
+            else {}
+        )
     report(args, runs, latency)
 
 
@@ -735,6 +747,9 @@ def report(
     # What the pipeline adds to a lone job: end to end minus the engine call inside the worker,
     # and minus the same call made alone in a separate process just before (which also holds
     # the machine's call-to-call noise).
+    if not latency:  # --latency-jobs 0
+        print(json.dumps({**ratios, "ratios_per_round": rounds, "table": table(rows)}))
+        return
     e2e, in_worker, direct = latency["e2e"], latency["in_worker"], latency["direct"]
     added = [a - b for a, b in zip(e2e, in_worker, strict=True)]
     over_direct = [a - b for a, b in zip(e2e, direct, strict=True)]
@@ -762,7 +777,7 @@ def report(
                 **ratios,
                 **{k: round(v, 1) for k, v in ms.items()},
                 "ratios_per_round": rounds,
-                "table": {k: {m: round(v, 3) for m, v in r.items()} for k, r in rows.items()},
+                "table": table(rows),
             }
         )
     )

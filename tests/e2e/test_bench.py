@@ -34,6 +34,13 @@ def test_bench_rejects_bad_arguments() -> None:
         timeout=60,
     )
     assert res.returncode == 2 and "--jobs must be >= 1" in res.stderr
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare.py"), "--latency-jobs", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "--latency-jobs must be >= 0" in res.stderr
 
 
 def test_engine_benchmark_prints_speedups_last(tiny_models: Path) -> None:

@@ -27,20 +27,17 @@ def test_intake_benchmark_in_the_batch_layout_reads_every_result_back() -> None:
 
 
 def test_bench_rejects_bad_arguments() -> None:
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "intake.py"), "--jobs", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert res.returncode == 2 and "--jobs must be >= 1" in res.stderr
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "compare.py"), "--latency-jobs", "-1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert res.returncode == 2 and "--latency-jobs must be >= 0" in res.stderr
+    for script, args, why in (
+        ("intake.py", ["--jobs", "0"], "--jobs must be >= 1"),
+        ("compare.py", ["--latency-jobs", "-1"], "--latency-jobs must be >= 0"),
+    ):
+        res = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / script), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 2 and why in res.stderr, res.stderr
 
 
 def test_engine_benchmark_prints_speedups_last(tiny_models: Path) -> None:

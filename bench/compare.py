@@ -744,12 +744,12 @@ def report(
             per = [c / o for c, o in zip(cont, other, strict=True)]
             ratios[f"mixed_over_{key}"] = round(statistics.median(per), 3)
             rounds[f"mixed_over_{key}"] = [round(r, 3) for r in per]
-    # What the pipeline adds to a lone job: end to end minus the engine call inside the worker,
-    # and minus the same call made alone in a separate process just before (which also holds
-    # the machine's call-to-call noise).
     if not latency:  # --latency-jobs 0
         print(json.dumps({**ratios, "ratios_per_round": rounds, "table": table(rows)}))
         return
+    # What the pipeline adds to a lone job: end to end minus the engine call inside the worker,
+    # and minus the same call made alone in a separate process just before (which also holds
+    # the machine's call-to-call noise).
     e2e, in_worker, direct = latency["e2e"], latency["in_worker"], latency["direct"]
     added = [a - b for a, b in zip(e2e, in_worker, strict=True)]
     over_direct = [a - b for a, b in zip(e2e, direct, strict=True)]

@@ -360,7 +360,6 @@ class Intake:
         """
         full: set[tuple[str, str]] = set()
         waiting: list[list[Entry]] = []
-        sent = False
         for batch in self.ready:
             job, ref = batch[0].job, batch[0].ref
             target = (job.kind, ref)
@@ -370,7 +369,7 @@ class Intake:
                 waiting.append(batch)
                 continue
             self._dispatch(queue, batch)
-            sent = True
+        sent = len(waiting) < len(self.ready)
         self.ready = waiting
         first, most = ROOM_POLL_S
         self._room_poll_s = first if sent or not waiting else min(most, 2 * self._room_poll_s)

@@ -18,12 +18,13 @@ them), the same settings (``--new-tokens`` greedy tokens, batch size ``--batch``
    model in each, as every Ray Data run does: ``ray`` times the run from the call, ``ray ...
    warm`` from its first batch (start-up excluded).
 
-Contenders are interleaved over ``--reps`` rounds so machine drift hits all alike; each figure
-is the median. Model loading and warm-up are outside the timed part for direct, Blaze and naive
-(their processes outlive a run). Then a latency mode: ``--latency-jobs`` jobs one at a time,
-``--latency-gap`` seconds apart, each preceded by the same prompt alone on the engine in a
-separate process: the added latency of the pipeline over the engine call inside the worker, and
-over the call alone, against the configured max batch wait.
+Contenders are interleaved over ``--reps`` rounds so machine drift hits all alike, in the
+given order in odd rounds and in reverse in even ones, so that none always runs last; each
+figure is the median. Model loading and warm-up are outside the timed part for direct, Blaze
+and naive (their processes outlive a run). Then a latency mode: ``--latency-jobs`` jobs one at
+a time, ``--latency-gap`` seconds apart, each preceded by the same prompt alone on the engine
+in a separate process: the added latency of the pipeline over the engine call inside the
+worker, and over the call alone, against the configured max batch wait.
 
 Prints a table (jobs/s, tokens/s, p50/p95 job latency, peak RSS) and, as the last line, one
 JSON object with ``blaze_over_direct``, ``blaze_over_naive``, ``blaze_over_ray``
@@ -646,36 +647,40 @@ def main() -> None:
     with Pipeline(args) as pipe:
         if "naive" in wanted:
             pipe.start_naive()
+        runs_of_round = [
+            (name, layout)
+            for name in wanted
+            for layout in (["1x2", "2x1"] if name in ("direct", "ray") else [""])
+        ]
         for rep in range(args.reps):
-            for name in wanted:
-                layouts = ["1x2", "2x1"] if name in ("direct", "ray") else [""]
-                for layout in layouts:
-                    key = f"{name} {layout}".strip()
-                    if name == "blaze" and args.continuous:
-                        got = pipe.blaze(prompts, pipe.cb_model)
-                        runs.setdefault("continuous", []).append(got)
-                        print(
-                            f"[round {rep + 1}] blaze continuous: "
-                            f"{got['jobs'] / got['seconds']:.2f} jobs/s",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                    if name == "blaze":
-                        got = pipe.blaze(prompts)
-                    elif name == "naive":
-                        got = pipe.run_naive(prompts)
-                    elif name == "direct":
-                        got = run_direct(args, layout)
-                    else:
-                        got = run_ray(args, layout)
-                        warm = {"seconds": got["warm_seconds"], "latencies": got["warm_latencies"]}
-                        runs.setdefault(f"{key} warm", []).append({**got, **warm})
-                    runs.setdefault(key, []).append(got)
+            # reversed every other round: drift within a round must not always hit the last
+            for name, layout in runs_of_round if rep % 2 == 0 else runs_of_round[::-1]:
+                key = f"{name} {layout}".strip()
+                if name == "blaze" and args.continuous:
+                    got = pipe.blaze(prompts, pipe.cb_model)
+                    runs.setdefault("continuous", []).append(got)
                     print(
-                        f"[round {rep + 1}] {key}: {got['jobs'] / got['seconds']:.2f} jobs/s",
+                        f"[round {rep + 1}] blaze continuous: "
+                        f"{got['jobs'] / got['seconds']:.2f} jobs/s",
                         file=sys.stderr,
                         flush=True,
                     )
+                if name == "blaze":
+                    got = pipe.blaze(prompts)
+                elif name == "naive":
+                    got = pipe.run_naive(prompts)
+                elif name == "direct":
+                    got = run_direct(args, layout)
+                else:
+                    got = run_ray(args, layout)
+                    warm = {"seconds": got["warm_seconds"], "latencies": got["warm_latencies"]}
+                    runs.setdefault(f"{key} warm", []).append({**got, **warm})
+                runs.setdefault(key, []).append(got)
+                print(
+                    f"[round {rep + 1}] {key}: {got['jobs'] / got['seconds']:.2f} jobs/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         # latency mode: the same prompts one at a time through Blaze, and alone on the engine
         latency = (
             pipe.latency(prompts[: args.latency_jobs], args.latency_gap)

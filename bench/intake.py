@@ -183,6 +183,13 @@ def main() -> None:
     for name in ("jobs", "batch", "workers", "rounds"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be >= 1")
+    if args.profile:  # made now: the processes write there only as they exit, too late to say
+        folder = Path(args.profile).resolve()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            ap.error(f"--profile {args.profile}: not a folder that can be written ({exc})")
+        args.profile = str(folder)
 
     tmp = Path(tempfile.mkdtemp(prefix="blaze-bench-"))
     settings = private_settings(

@@ -11,11 +11,18 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_intake_benchmark_prints_its_figures_last() -> None:
-    figures = last_line_figures("bench/intake.py", "--jobs", "120", "--batch", "16")
+def test_intake_benchmark_prints_its_figures_last(tmp_path: Path) -> None:
+    profiles = tmp_path / "not" / "yet"  # made by the bench
+    figures = last_line_figures(
+        "bench/intake.py", "--jobs", "120", "--batch", "16", "--profile", str(profiles)
+    )
     assert figures["succeeded"] == 120 and figures["jobs_per_s"] > 0
     assert figures["results_read"] == 120 and figures["layout"] == "job"
     assert 0 < figures["batch_fill"] <= 1
+    assert sorted(p.name for p in profiles.iterdir()) == [
+        "bench-consumer.prof",
+        "bench-worker0.prof",
+    ]
 
 
 def test_intake_benchmark_in_the_batch_layout_reads_every_result_back() -> None:
@@ -29,6 +36,7 @@ def test_intake_benchmark_in_the_batch_layout_reads_every_result_back() -> None:
 def test_bench_rejects_bad_arguments() -> None:
     for script, args, why in (
         ("intake.py", ["--jobs", "0"], "--jobs must be >= 1"),
+        ("intake.py", ["--profile", str(ROOT / "README.md")], "not a folder that can be written"),
         ("compare.py", ["--latency-jobs", "-1"], "--latency-jobs must be >= 0"),
     ):
         res = subprocess.run(

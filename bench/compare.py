@@ -647,14 +647,8 @@ def main() -> None:
     with Pipeline(args) as pipe:
         if "naive" in wanted:
             pipe.start_naive()
-        runs_of_round = [
-            (name, layout)
-            for name in wanted
-            for layout in (["1x2", "2x1"] if name in ("direct", "ray") else [""])
-        ]
         for rep in range(args.reps):
-            # reversed every other round: drift within a round must not always hit the last
-            for name, layout in runs_of_round if rep % 2 == 0 else runs_of_round[::-1]:
+            for name, layout in round_order(wanted, rep):
                 key = f"{name} {layout}".strip()
                 if name == "blaze" and args.continuous:
                     got = pipe.blaze(prompts, pipe.cb_model)
@@ -688,6 +682,17 @@ def main() -> None:
             else {}
         )
     report(args, runs, latency)
+
+
+def round_order(wanted: list[str], rep: int) -> list[tuple[str, str]]:
+    """The runs of round ``rep`` (from 0) as (contender, layout): in the order asked, reversed
+    in every other round so that drift within a round does not always hit the same one."""
+    runs = [
+        (name, layout)
+        for name in wanted
+        for layout in (["1x2", "2x1"] if name in ("direct", "ray") else [""])
+    ]
+    return runs if rep % 2 == 0 else runs[::-1]
 
 
 def report(

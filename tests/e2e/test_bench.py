@@ -1,5 +1,6 @@
 """The benchmarks run as documented (small sizes) so they cannot rot."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -150,6 +151,17 @@ def test_compare_benchmark_smoke_run(tiny_models: Path) -> None:
     # a lone job spends time outside the engine call (submit, Kafka, dispatch, the result PUT)
     assert figures["added_latency_p95_ms"] >= figures["added_latency_p50_ms"] > 0
     assert figures["added_over_direct_process_p50_ms"] is not None
+
+
+def test_compare_rounds_alternate_their_order() -> None:
+    spec = importlib.util.spec_from_file_location("compare_bench", ROOT / "bench" / "compare.py")
+    assert spec is not None and spec.loader is not None
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    first = [("direct", "1x2"), ("direct", "2x1"), ("blaze", ""), ("ray", "1x2"), ("ray", "2x1")]
+    wanted = ["direct", "blaze", "ray"]
+    assert compare.round_order(wanted, 0) == compare.round_order(wanted, 2) == first
+    assert compare.round_order(wanted, 1) == compare.round_order(wanted, 3) == first[::-1]
 
 
 def test_gateway_benchmark_prints_its_figures_last() -> None:

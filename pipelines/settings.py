@@ -200,7 +200,8 @@ class WorkerSettings(_Group):
         ge=1,
         le=16,
         description="batches a worker takes from its queues at once (one thread each); above 1 "
-        "a continuous model's next batch fills the slots the current one's finished rows leave",
+        "a continuous model's next batch fills the slots the current one's finished rows leave, "
+        "and a static model's next call starts while the last batch's results are written",
     )
 
 

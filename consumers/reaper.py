@@ -7,11 +7,17 @@ in hand (``pipelines.fleet.Leases``). Every ``reap_every_s`` one consumer (a Red
 it) looks for batches of this namespace taken more than ``lease_s`` ago whose lease is gone:
 their worker died. For each, it
 
-1. counts one more death on each of its jobs and a failure on its queue's breaker;
+1. if the batch was on its engine when the worker died (its in-engine mark,
+   ``pipelines.fleet``), counts one more death on each of its jobs and a failure on its
+   queue's breaker; a batch its worker only held beside it (waiting for its turn, writing
+   results) goes back as it was, counting nothing;
 2. dead-letters the jobs that reached ``dead_after_deaths`` ("worker died while running this
    job", stage ``worker``); sends those that reached ``alone_after_deaths`` back as batches of
-   one (so a job that kills its worker takes nothing else with it); sends the rest back as one
-   batch (the same batch id when nothing was split off);
+   one marked ``alone`` (a worker runs such a batch with no other engine call beside it, so a
+   job that kills its worker takes nothing else with it, and nothing else shares its blame);
+   sends the rest back as one batch (the same batch id when nothing was split off), each
+   keeping what the batch said of its jobs (traces, versions, cache keys) and itself
+   (priority, shadow);
 3. only then removes the taken batch from ``unacked``: a consumer dying in between leaves it
    there, to be returned again (a rerun is harmless: workers skip jobs that have a result).
 """
@@ -125,8 +131,9 @@ class Reaper:
         if not self.client.set(self.lock, "1", nx=True, px=hold_ms):
             return 0  # another consumer looks this time
         dead, slow = self.dead_batches()
+        on_engine = self.leases.on_engine_when_gone([t.batch_id for t in dead])
         for taken in dead:
-            self.send_back(taken)
+            self.send_back(taken, taken.batch_id in on_engine)
         for taken in slow:
             self._overdue(taken)
         return len(dead)
@@ -165,28 +172,39 @@ class Reaper:
         slow = [t for t in old if holders.get(t.batch_id) and now - t.taken_at > limit]
         return dead, slow
 
-    def send_back(self, taken: Taken) -> None:
+    def send_back(self, taken: Taken, on_engine: bool = True) -> None:
+        """Send a dead worker's batch back. ``on_engine``: it was on its engine when the worker
+        died, so its jobs count a death (step 1 of the module docstring); otherwise it goes
+        back as it was, counting nothing (its worker held it beside the batch that was)."""
         jobs = [j for j in taken.payload.get("jobs") or [] if isinstance(j, dict)]
         ids = [str(j.get("job_id")) for j in jobs if j.get("job_id")]
+        if not on_engine:
+            self.dispatcher.dispatch(taken.queue, {**taken.payload, "queued_at": time.time()})
+            self._forget(taken)
+            if self.metrics is not None:
+                self.metrics.reaped.labels(taken.queue).inc()
+            log.warning(
+                "worker of batch %s on %s died while the batch waited or wrote results: its "
+                "%d jobs sent back, no death counted",
+                taken.batch_id,
+                taken.queue,
+                len(ids),
+                extra={"batch_id": taken.batch_id, "job_ids": ids},
+            )
+            return
         deaths = self.status.count_deaths(ids) if ids else {}
         self.breakers.record(taken.queue, False, "a worker died running a batch")
         dead, alone, rest = _split(jobs, deaths, self.fleet)
         if dead:
             self._bury(dead, deaths)
-        traces = taken.payload.get("traces") or {}
-        parts = [[j] for j in alone] + ([rest] if rest else [])
-        for part in parts:
+        parts = [([j], True) for j in alone] + ([(rest, False)] if rest else [])
+        for part, by_itself in parts:
             same = len(parts) == 1 and not dead
             batch_id = taken.batch_id if same else uuid.uuid4().hex
-            mine = {j["job_id"]: traces[j["job_id"]] for j in part if j.get("job_id") in traces}
             self.dispatcher.dispatch(
-                taken.queue,
-                batch_payload(part, batch_id=batch_id, queued_at=time.time(), traces=mine),
+                taken.queue, _part(taken.payload, part, batch_id=batch_id, alone=by_itself)
             )
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hdel(UNACKED, taken.tag)
-        pipe.zrem(UNACKED_INDEX, taken.tag)
-        pipe.execute()
+        self._forget(taken)
         split = len(alone) if len(parts) > 1 else 0
         if self.metrics is not None:
             self.metrics.reaped.labels(taken.queue).inc()
@@ -201,6 +219,14 @@ class Reaper:
             len(dead),
             extra={"batch_id": taken.batch_id, "job_ids": ids},
         )
+
+    def _forget(self, taken: Taken) -> None:
+        """The batch is back in its queue: drop the taken copy and its in-engine mark."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(UNACKED, taken.tag)
+        pipe.zrem(UNACKED_INDEX, taken.tag)
+        pipe.delete(self.leases.engine_prefix + taken.batch_id)
+        pipe.execute()
 
     def _bury(self, jobs: Sequence[dict[str, Any]], deaths: dict[str, int]) -> None:
         now = time.time()
@@ -223,8 +249,33 @@ def _split(
         n = deaths.get(str(j.get("job_id")), 0)
         if n >= fleet.dead_after_deaths:
             dead.append(j)
-        elif n >= fleet.alone_after_deaths and len(jobs) > 1:
+        elif n >= fleet.alone_after_deaths:
             alone.append(j)
         else:
             rest.append(j)
     return dead, alone, rest
+
+
+def _part(
+    payload: dict[str, Any], jobs: list[dict[str, Any]], *, batch_id: str, alone: bool
+) -> dict[str, Any]:
+    """The payload of the batch sent back with ``jobs`` of ``payload``: what it said of
+    those jobs (traces, result-cache keys, versions) and of the batch (priority, shadow)."""
+    ids = {j.get("job_id") for j in jobs}
+
+    def mine(field: str) -> dict[str, str] | None:
+        got = payload.get(field)
+        return {k: v for k, v in got.items() if k in ids} if isinstance(got, dict) else None
+
+    priority = payload.get("priority")
+    return batch_payload(
+        jobs,
+        batch_id=batch_id,
+        queued_at=time.time(),
+        traces=mine("traces"),
+        priority=priority if isinstance(priority, int) else None,
+        cache_keys=mine("cache_keys"),
+        versions=mine("versions"),
+        shadow=payload.get("shadow") or None,
+        alone=alone or bool(payload.get("alone")),
+    )

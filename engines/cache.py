@@ -29,8 +29,8 @@ class EngineCache:
     used ones first. A model that fails to load is remembered as unhealthy for
     ``RETRY_FAILED_LOAD_S``: its jobs fail with the load error instead of the worker crashing
     or reloading every batch. Safe to share between the threads of a worker holding several
-    batches: a model loads once, and an engine that is not ``concurrent`` runs one call at a
-    time (``turn``).
+    batches: a model loads once, an engine that is not ``concurrent`` runs one call at a time,
+    and a batch sent back to run alone runs with no other engine call beside it (``turn``).
     """
 
     factory: EngineFactory
@@ -43,6 +43,7 @@ class EngineCache:
     on_unload: Callable[[str], None] | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _turns: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
+    _gate: _Gate = field(default_factory=lambda: _Gate(), repr=False)
 
     def loaded(self, model: str) -> Engine[Any] | None:
         """The model's engine if it is loaded; never loads (safe from another thread)."""
@@ -53,17 +54,20 @@ class EngineCache:
             return self._get(model)
 
     @contextmanager
-    def turn(self, model: str, engine: Engine[Any]) -> Iterator[None]:
+    def turn(self, model: str, engine: Engine[Any], alone: bool = False) -> Iterator[None]:
         """Held around a call of ``engine``: one call at a time unless the engine says it is
         ``concurrent`` (the LLM engine: its continuous running batch takes rows from every
-        caller)."""
-        if getattr(engine, "concurrent", False):
-            yield
-            return
-        with self._lock:
-            lock = self._turns.setdefault(model, threading.Lock())
-        with lock:
-            yield
+        caller). An ``alone`` call (a batch the reaper sent back to run by itself) waits until
+        no other call runs on this worker, and none starts beside it: if its job kills the
+        worker, no other batch was running to share the blame."""
+        with self._gate.held(alone):
+            if getattr(engine, "concurrent", False):
+                yield
+                return
+            with self._lock:
+                lock = self._turns.setdefault(model, threading.Lock())
+            with lock:
+                yield
 
     def _get(self, model: str) -> Engine[Any]:
         if model in self.engines:
@@ -121,6 +125,39 @@ class EngineCache:
         out = {m: "loaded" for m in self.engines}
         out.update({m: f"unhealthy: {why}" for m, (_, why) in self.failures.items()})
         return out
+
+
+class _Gate:
+    """Shared for ordinary engine calls, exclusive for ``alone`` ones; a waiting exclusive
+    call keeps new shared ones out, so a backlog cannot starve it. (The standard library has
+    no reader-writer lock; this is the whole of one.)"""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0  # exclusive calls waiting
+
+    @contextmanager
+    def held(self, exclusive: bool) -> Iterator[None]:
+        with self._cond:
+            if exclusive:
+                self._waiting += 1
+                self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+                self._waiting -= 1
+                self._exclusive = True
+            else:
+                self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+                self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                if exclusive:
+                    self._exclusive = False
+                else:
+                    self._shared -= 1
+                self._cond.notify_all()
 
 
 def _close(engine: Engine[Any]) -> None:

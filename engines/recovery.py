@@ -5,6 +5,10 @@ fails at once. A job that failed for the device's (out of memory even alone, a d
 or for an unknown reason is rerun up to ``fleet.engine_retries`` times, ``retry_backoff_s``
 doubling in between. After a device error the engine is unloaded and loaded again first; if
 that load fails the device is lost (``DeviceLost``) and the worker stops serving.
+
+While the engine runs the batch, ``running`` (the batch's in-engine mark, ``pipelines.fleet``)
+is held: if the worker dies then, the reaper blames this batch's jobs and not the other
+batches the worker held.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,14 +51,17 @@ def run_with_retries(
     retries: int,
     backoff_s: float,
     sleep: Callable[[float], None] = time.sleep,
+    alone: bool = False,
+    running: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> Attempted:
-    """Run ``jobs`` on ``model``'s engine, retrying transient failures (see the module)."""
+    """Run ``jobs`` on ``model``'s engine, retrying transient failures (see the module);
+    ``alone``: with no other engine call of the worker beside it (``EngineCache.turn``)."""
     engine = cache.get(model)  # ModelUnavailable: the caller fails the jobs with it
     outputs: list[Output] = [Output(error="not run")] * len(jobs)
     todo = list(range(len(jobs)))
     retried = 0
     for attempt in range(retries + 1):
-        with cache.turn(model, engine):
+        with cache.turn(model, engine, alone), running():
             outs = run_isolated(engine, [jobs[i] for i in todo], free_accelerator_memory)
         again: list[int] = []
         for i, out in zip(todo, outs, strict=True):

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from engines.recovery import run_with_retries
 from engines.settle import Settled, merge, settle_in_batch_object, settle_per_job
 from engines.shadow import run_shadow
 from pipelines.errors import ModelUnavailable, ServiceUnavailable
-from pipelines.fleet import BatchTimes
+from pipelines.fleet import BatchTimes, Leases
 from pipelines.jobs import AnyJob, Job, is_job_id, job_seed
 from pipelines.observe import trace
 from pipelines.observe.spans import Spans
@@ -78,8 +79,10 @@ class BatchRunner:
         batch_times: BatchTimes | None = None,
         layout_of: Callable[[str], str] | None = None,
         answers: ResultCache | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.settings = settings
+        self.leases = leases  # marks the batch on the engine (whom a worker's death blames)
         # a model's result layout (``pipelines.stores.batch_results``); default: s3.layout
         self.layout_of = layout_of or (lambda model: settings.s3.layout)
         # seconds per batch by (model, batch size), averaged, shared for SLO batching
@@ -90,6 +93,7 @@ class BatchRunner:
         self._early: list[Settled] = []
         self._cache_keys: dict[str, str] = {}  # the batch's jobs' result-cache keys
         self._batch_id = ""
+        self._alone = False  # a batch the reaper sent back to run by itself
         self.metrics = metrics
         self.current: dict[str, Any] | None = None  # the batch in hand, for heartbeats
         self.last: dict[str, Any] | None = None  # the last batch's end and outcome
@@ -161,6 +165,7 @@ class BatchRunner:
     ) -> dict[str, int]:
         queued_at = float(payload.get("queued_at", started))
         self._batch_id = str(payload.get("batch_id") or "") or uuid.uuid4().hex
+        self._alone = bool(payload.get("alone"))
         jobs, broken = self._parse(payload.get("jobs", []))
         # Unseeded jobs get a seed from their id: a rerun reproduces the same output.
         jobs = [
@@ -426,6 +431,8 @@ class BatchRunner:
                     jobs,
                     retries=fleet.engine_retries,
                     backoff_s=fleet.retry_backoff_s,
+                    alone=self._alone,
+                    running=self._on_engine,
                 )
             outputs, prov = got.outputs, got.engine.describe()
             self.outcome["engine_calls"] += 1
@@ -451,6 +458,11 @@ class BatchRunner:
             batch_size,
             hops,
         )
+
+    def _on_engine(self) -> AbstractContextManager[object]:
+        if self.leases is None:
+            return nullcontext()
+        return self.leases.on_engine(self._batch_id, self.worker_name)
 
     def _settle_early(
         self,

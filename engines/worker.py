@@ -194,6 +194,7 @@ def run_worker(
         return settings.s3.layout if spec is None else spec.layout(settings)
 
     times = BatchTimes(settings)
+    leases, breakers = Leases(settings), Breakers(settings)
     runners = Runners(
         lambda: BatchRunner(
             settings,
@@ -207,6 +208,7 @@ def run_worker(
             times,
             layout_of,
             answers if dtype is None else None,
+            leases,
         )
     )
     lost: list[str] = []
@@ -238,7 +240,6 @@ def run_worker(
             cache.get(model)
         except ModelUnavailable as exc:
             log.error("preload: %s", exc)
-    leases, breakers = Leases(settings), Breakers(settings)
     app = worker_app(settings, runners, leases, breakers, device_lost)
     try:
         _serve(app, queues, name, loglevel, settings.worker.batches_in_hand)

@@ -7,6 +7,12 @@ its queue whose lease is gone had its worker die (``consumers.reaper`` returns i
 seconds, instead of at Celery's visibility timeout); a long batch whose worker is alive keeps
 its lease and is never redelivered.
 
+**In-engine marks.** While a batch's jobs run on the engine the worker also sets
+``{ns}:in-engine:{batch_id}`` (deleted when the call returns; it outlives the lease, so the
+reaper still reads it after a death). A worker holding several batches dies with all of them;
+only those marked were on the engine when it died, so only their jobs count a death (the
+others could not have killed it: they were waiting for their turn or writing results).
+
 **Breakers.** One per worker queue (a device of a kind), ``{ns}:breaker:{queue}``: ``closed``
 until ``breaker_failures`` batches in a row fail (the engine failed the whole batch, the
 worker died in it), then ``open``: routing sends nothing there. After ``breaker_cooldown_s``
@@ -41,6 +47,7 @@ from pipelines.settings import BlazeSettings
 from pipelines.stores.redis_client import redis_client
 
 Clock = Callable[[], float]
+MARK_MIN_S = 86400.0  # an in-engine mark's life at least (a dead worker's is read by then)
 BreakerState = Literal["closed", "open", "half_open"]
 
 
@@ -50,7 +57,10 @@ class Leases:
     def __init__(self, settings: BlazeSettings, client: redis.Redis | None = None) -> None:
         self.client = client or redis_client(settings, connect_timeout_s=2, timeout_s=5)
         self.prefix = f"{settings.namespace}:lease:"
+        self.engine_prefix = f"{settings.namespace}:in-engine:"
         self.lease_s = settings.fleet.lease_s
+        # a mark lives past any engine call and past the reaper's next look after a death
+        self.mark_ms = int(1000 * max(MARK_MIN_S, 2 * settings.fleet.batch_timeout_s))
 
     def hold(self, batch_id: str, holder: str, for_s: float | None = None) -> None:
         """Take or renew the lease for ``for_s`` seconds (default ``lease_s``)."""
@@ -66,6 +76,25 @@ class Leases:
             b: (v.decode() if isinstance(v, bytes) else v)
             for b, v in zip(batch_ids, raw, strict=True)
         }
+
+    @contextmanager
+    def on_engine(self, batch_id: str, holder: str) -> Iterator[None]:
+        """Mark the batch as running on its engine while the block runs (see the module
+        docstring). A Redis error leaves it unmarked: a death then counts against nobody."""
+        with suppress(redis.RedisError):
+            self.client.set(self.engine_prefix + batch_id, holder, px=self.mark_ms)
+        try:
+            yield
+        finally:
+            with suppress(redis.RedisError):
+                self.client.delete(self.engine_prefix + batch_id)
+
+    def on_engine_when_gone(self, batch_ids: Sequence[str]) -> set[str]:
+        """Which of these batches were on their engine when their worker stopped."""
+        if not batch_ids:
+            return set()
+        raw = self.client.mget([self.engine_prefix + b for b in batch_ids])
+        return {b for b, v in zip(batch_ids, raw, strict=True) if v is not None}
 
     @contextmanager
     def kept(self, batch_id: str, holder: str) -> Iterator[None]:

@@ -72,6 +72,7 @@ def batch_payload(
     cache_keys: dict[str, str] | None = None,
     versions: dict[str, str] | None = None,
     shadow: str | None = None,
+    alone: bool = False,
 ) -> dict[str, Any]:
     """The body of one ``run_batch`` task: the jobs themselves plus batch bookkeeping.
 
@@ -81,7 +82,9 @@ def batch_payload(
     their result-cache keys (``pipelines.result_cache``): the worker stores those answers.
     ``versions`` maps job ids to the version each runs on (``name@N``, ``pipelines.versions``)
     where that is not what the job names; a ``shadow`` batch runs its jobs on that version and
-    keeps their results apart (never the jobs' own results, states or events).
+    keeps their results apart (never the jobs' own results, states or events). An ``alone``
+    batch (the reaper's, of one job whose worker died too often) runs with nothing else on the
+    engine beside it.
     """
     if priority is None:
         priority = max((int(j.get("priority", 5)) for j in jobs), default=5)
@@ -99,4 +102,6 @@ def batch_payload(
         body["versions"] = versions
     if shadow:
         body["shadow"] = shadow
+    if alone:
+        body["alone"] = True
     return body

@@ -58,8 +58,10 @@ def test_a_dead_workers_batch_goes_back_whole_and_a_live_ones_stays(
     taken(settings, "tag-dead", dead_one, age_s=30)
     taken(settings, "tag-live", live_one, age_s=30)
     taken(settings, "tag-new", new_one, age_s=1)  # its worker may not have leased it yet
-    Leases(settings).hold("b" * 32, "worker-1")
-    assert r.reap() == 1
+    leases = Leases(settings)
+    leases.hold("b" * 32, "worker-1")
+    with leases.on_engine("a" * 32, "worker-0"):  # it was on its engine when the worker died
+        assert r.reap() == 1
     assert [(q, p["batch_id"], len(p["jobs"])) for q, p in disp.sent] == [
         (settings.queue("llm", "cpu"), "a" * 32, 3)
     ]
@@ -78,11 +80,13 @@ def test_poison_jobs_go_back_alone_then_are_dead_lettered(settings: BlazeSetting
     jobs, payload = batch(3, "d" * 32)
     status.deaths = {jobs[0].job_id: 1, jobs[1].job_id: 2}
     taken(settings, "tag-poison", payload, age_s=30)
-    r.reap()
+    with Leases(settings).on_engine("d" * 32, "worker-0"):
+        r.reap()
     # job 0: 2 deaths now, alone; job 1: 3, dead; job 2: 1, with the rest
     sent = [[j["job_id"] for j in p["jobs"]] for _, p in disp.sent]
     assert sent == [[jobs[0].job_id], [jobs[2].job_id]]
     assert all(p["batch_id"] != "d" * 32 for _, p in disp.sent)  # split: new batch ids
+    assert [p.get("alone", False) for _, p in disp.sent] == [True, False]
     (letter,) = dead.letters
     assert letter.job_id == jobs[1].job_id and letter.stage == "worker"
     assert letter.reason == "worker died while running this job (3 times)"
@@ -107,3 +111,66 @@ def test_a_batch_past_its_timeout_counts_once_against_its_breaker(
     assert disp.sent == []  # it keeps running
     assert Breakers(settings).states([queue])[queue].failures == 1
     r.client.hdel(UNACKED, "tag-slow")
+
+
+def test_a_batch_held_beside_the_one_on_the_engine_goes_back_as_it_was(
+    settings: BlazeSettings,
+) -> None:
+    """A worker holding two batches dies: the one on its engine counts the death, the one
+    waiting for its turn goes back unchanged (same id, same payload) and counts nothing."""
+    r, disp, status, _ = reaper(settings)
+    culprit_jobs, culprit = batch(2, "f" * 32)
+    waiting_jobs, waiting = batch(2, "9" * 32)
+    waiting["versions"] = {waiting_jobs[0].job_id: "m@2"}
+    waiting["priority"] = 7
+    taken(settings, "tag-engine", culprit, age_s=30)
+    taken(settings, "tag-waiting", waiting, age_s=30)
+    leases = Leases(settings)
+    client = redis_client(settings)
+    with leases.on_engine("f" * 32, "worker-0"):
+        assert r.reap() == 2
+        # the reaper drops the mark with the taken copy: a later death is read afresh
+        assert client.exists(leases.engine_prefix + "f" * 32) == 0
+    assert status.deaths == {j.job_id: 1 for j in culprit_jobs}
+    back = {p["batch_id"]: p for _, p in disp.sent}
+    assert back["9" * 32]["jobs"] == waiting["jobs"]
+    assert back["9" * 32]["versions"] == {waiting_jobs[0].job_id: "m@2"}
+    assert back["9" * 32]["priority"] == 7
+    queue = settings.queue("llm", "cpu")
+    assert Breakers(settings).states([queue])[queue].failures == 1  # one death, one failure
+    assert not {t.decode() for t in client.hkeys(UNACKED)} & {"tag-engine", "tag-waiting"}
+    client.close()
+
+
+def test_a_split_batch_keeps_what_it_said_of_each_job(settings: BlazeSettings) -> None:
+    """Parts sent back keep their jobs' versions, traces and cache keys, the batch's priority
+    and shadow; a job at ``alone_after_deaths`` goes back marked alone, even from a batch of
+    one."""
+    r, disp, status, _ = reaper(settings)
+    jobs, payload = batch(2, "7" * 32)
+    a, b = (j.job_id for j in jobs)
+    payload.update(
+        versions={a: "m@3", b: "m@2"},
+        traces={a: "00-" + "1" * 32 + "-" + "2" * 16 + "-01"},
+        cache_keys={b: "k-b"},
+        priority=8,
+        shadow="m@4",
+    )
+    status.deaths = {a: 1}
+    single_jobs, single = batch(1, "8" * 32)
+    status.deaths[single_jobs[0].job_id] = 1
+    taken(settings, "tag-split", payload, age_s=30)
+    taken(settings, "tag-single", single, age_s=30)
+    leases = Leases(settings)
+    with leases.on_engine("7" * 32, "w"), leases.on_engine("8" * 32, "w"):
+        r.reap()
+    parts = {tuple(j["job_id"] for j in p["jobs"]): p for _, p in disp.sent}
+    alone, rest = parts[(a,)], parts[(b,)]
+    assert alone["alone"] is True and "alone" not in rest
+    assert alone["versions"] == {a: "m@3"} and rest["versions"] == {b: "m@2"}
+    assert set(alone["traces"]) == {a} and "traces" not in rest
+    assert rest["cache_keys"] == {b: "k-b"} and "cache_keys" not in alone
+    assert alone["priority"] == rest["priority"] == 8
+    assert alone["shadow"] == rest["shadow"] == "m@4"
+    one = parts[(single_jobs[0].job_id,)]
+    assert one["alone"] is True and one["batch_id"] == "8" * 32  # nothing split off: same id

@@ -44,15 +44,20 @@ def until(check: Callable[[], bool], log: Path, timeout: float = 20) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("in_hand", [1, 2])
 def test_a_poison_job_is_dead_lettered_and_the_rest_of_its_batch_succeeds(
-    settings: BlazeSettings, tmp_path: Path
+    settings: BlazeSettings, tmp_path: Path, in_hand: int
 ) -> None:
     """A job that kills its worker (os._exit) is tried alone after 2 deaths and dead-lettered
     after 3; the other jobs of its batch succeed and the restarted worker serves new batches.
-    Celery's visibility timeout stays at its default (an hour): the leases bring it back."""
+    Celery's visibility timeout stays at its default (an hour): the leases bring it back.
+    With two batches in hand, the batch held beside the poison one counts no death, and the
+    poison job's run alone has nothing beside it."""
     settings = with_models(
         fleet(settings, lease_s=3, reap_every_s=0.5), poison={"engine": f"{ENGINES}:poison"}
     )
+    worker = settings.worker.model_copy(update={"batches_in_hand": in_hand})
+    settings = settings.model_copy(update={"worker": worker})
     assert settings.worker.visibility_timeout_s == 3600
     jobs = [LLMJob(model="poison", prompt=f"job {i}") for i in range(7)]
     jobs.insert(3, LLMJob(model="poison", prompt=MARKER))

@@ -17,9 +17,12 @@ their worker died. For each, it
    job that kills its worker takes nothing else with it, and nothing else shares its blame);
    sends the rest back as one batch (the same batch id when nothing was split off), each
    keeping what the batch said of its jobs (traces, versions, cache keys) and itself
-   (priority, shadow);
+   (priority);
 3. only then removes the taken batch from ``unacked``: a consumer dying in between leaves it
    there, to be returned again (a rerun is harmless: workers skip jobs that have a result).
+
+A shadow batch (copies of jobs run on another version, ``engines.shadow``) is dropped instead:
+a shadow never retries, and a death in it says nothing of the jobs' own runs.
 """
 
 from __future__ import annotations
@@ -178,6 +181,17 @@ class Reaper:
         back as it was, counting nothing (its worker held it beside the batch that was)."""
         jobs = [j for j in taken.payload.get("jobs") or [] if isinstance(j, dict)]
         ids = [str(j.get("job_id")) for j in jobs if j.get("job_id")]
+        if taken.payload.get("shadow"):
+            self._forget(taken)  # a shadow never retries, and its jobs' deaths are not theirs
+            log.warning(
+                "worker of shadow batch %s (%s) on %s died: its %d copies dropped",
+                taken.batch_id,
+                taken.payload["shadow"],
+                taken.queue,
+                len(ids),
+                extra={"batch_id": taken.batch_id, "job_ids": ids},
+            )
+            return
         if not on_engine:
             self.dispatcher.dispatch(taken.queue, {**taken.payload, "queued_at": time.time()})
             self._forget(taken)
@@ -260,7 +274,7 @@ def _part(
     payload: dict[str, Any], jobs: list[dict[str, Any]], *, batch_id: str, alone: bool
 ) -> dict[str, Any]:
     """The payload of the batch sent back with ``jobs`` of ``payload``: what it said of
-    those jobs (traces, result-cache keys, versions) and of the batch (priority, shadow)."""
+    those jobs (traces, result-cache keys, versions) and of the batch (priority)."""
     ids = {j.get("job_id") for j in jobs}
 
     def mine(field: str) -> dict[str, str] | None:
@@ -276,6 +290,5 @@ def _part(
         priority=priority if isinstance(priority, int) else None,
         cache_keys=mine("cache_keys"),
         versions=mine("versions"),
-        shadow=payload.get("shadow") or None,
         alone=alone or bool(payload.get("alone")),
     )

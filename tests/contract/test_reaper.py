@@ -143,8 +143,8 @@ def test_a_batch_held_beside_the_one_on_the_engine_goes_back_as_it_was(
 
 
 def test_a_split_batch_keeps_what_it_said_of_each_job(settings: BlazeSettings) -> None:
-    """Parts sent back keep their jobs' versions, traces and cache keys, the batch's priority
-    and shadow; a job at ``alone_after_deaths`` goes back marked alone, even from a batch of
+    """Parts sent back keep their jobs' versions, traces and cache keys and the batch's
+    priority; a job at ``alone_after_deaths`` goes back marked alone, even from a batch of
     one."""
     r, disp, status, _ = reaper(settings)
     jobs, payload = batch(2, "7" * 32)
@@ -154,7 +154,6 @@ def test_a_split_batch_keeps_what_it_said_of_each_job(settings: BlazeSettings) -
         traces={a: "00-" + "1" * 32 + "-" + "2" * 16 + "-01"},
         cache_keys={b: "k-b"},
         priority=8,
-        shadow="m@4",
     )
     status.deaths = {a: 1}
     single_jobs, single = batch(1, "8" * 32)
@@ -171,6 +170,23 @@ def test_a_split_batch_keeps_what_it_said_of_each_job(settings: BlazeSettings) -
     assert set(alone["traces"]) == {a} and "traces" not in rest
     assert rest["cache_keys"] == {b: "k-b"} and "cache_keys" not in alone
     assert alone["priority"] == rest["priority"] == 8
-    assert alone["shadow"] == rest["shadow"] == "m@4"
+    assert "shadow" not in alone and "shadow" not in rest
     one = parts[(single_jobs[0].job_id,)]
     assert one["alone"] is True and one["batch_id"] == "8" * 32  # nothing split off: same id
+
+
+def test_a_dead_workers_shadow_batch_is_dropped_and_counts_nothing(
+    settings: BlazeSettings,
+) -> None:
+    r, disp, status, dead = reaper(settings)
+    _, payload = batch(2, "6" * 32)
+    payload["shadow"] = "m@2"
+    taken(settings, "tag-shadow", payload, age_s=30)
+    with Leases(settings).on_engine("6" * 32, "w"):
+        assert r.reap() == 1
+    assert disp.sent == [] and status.deaths == {} and dead.letters == []
+    queue = settings.queue("llm", "cpu")
+    assert Breakers(settings).states([queue])[queue].failures == 0
+    client = redis_client(settings)
+    assert "tag-shadow" not in {t.decode() for t in client.hkeys(UNACKED)}
+    client.close()

@@ -39,7 +39,7 @@ class Output:
 class Engine(Protocol[J_contra]):
     """Runs batches of jobs of one model on one device.
 
-    An engine whose class sets ``concurrent = True`` may be called from several threads at
+    An engine whose ``concurrent`` attribute is true may be called from several threads at
     once (a worker holding several batches); any other is called one batch at a time.
     """
 

@@ -42,7 +42,8 @@ class EngineCache:
     on_load: Callable[[str], None] | None = None
     on_unload: Callable[[str], None] | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    _turns: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
+    _busy: set[str] = field(default_factory=set, repr=False)  # models whose turn is taken
+    _free: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _gate: _Gate = field(default_factory=lambda: _Gate(), repr=False)
 
     def loaded(self, model: str) -> Engine[Any] | None:
@@ -64,10 +65,22 @@ class EngineCache:
             if getattr(engine, "concurrent", False):
                 yield
                 return
-            with self._lock:
-                lock = self._turns.setdefault(model, threading.Lock())
-            with lock:
+            with self._free:
+                self._free.wait_for(lambda: model not in self._busy)
+                self._busy.add(model)
+            try:
                 yield
+            finally:
+                with self._free:
+                    self._busy.discard(model)
+                    self._free.notify_all()
+
+    def wait_turn(self, model: str, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until no call of ``model``'s engine holds its turn (woken
+        the moment one ends); True when none does. Engines that are ``concurrent`` never
+        hold one."""
+        with self._free:
+            return self._free.wait_for(lambda: model not in self._busy, timeout_s)
 
     def _get(self, model: str) -> Engine[Any]:
         if model in self.engines:

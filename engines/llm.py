@@ -115,9 +115,12 @@ class TransformersLLM:
             device computes it natively), ``float16`` or ``float32``.
     """
 
-    # safe to call from several threads: continuous rows of every call share one running
-    # batch, the rest takes turns under ``_lock``
-    concurrent = True
+    @property
+    def concurrent(self) -> bool:
+        """With continuous generation, calls from several threads share one running batch (the
+        rest of each call takes turns under ``_lock``); a static engine runs one call at a
+        time, taking turns in the worker's ``EngineCache``."""
+        return self.generation == "continuous"
 
     def __init__(
         self,

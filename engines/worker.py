@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext, suppress
 from typing import Any
@@ -26,11 +27,13 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.exceptions import Reject
+from celery.signals import worker_ready
 
 from engines.base import memory_bytes
 from engines.cache import EngineCache
 from engines.devices import pin_device
 from engines.factory import engine_factory
+from engines.handoff import Handoff
 from engines.metrics import WorkerMetrics
 from engines.recovery import DeviceLost
 from engines.runner import RECENT, BatchRunner
@@ -58,6 +61,7 @@ def worker_app(
     leases: Leases | None = None,
     breakers: Breakers | None = None,
     on_device_lost: Callable[[str], None] | None = None,
+    handoff: Handoff | None = None,
 ) -> Celery:
     """A Celery app with ``blaze.run_batch`` bound to ``runner`` (or to the runner a callable
     gives the calling thread, for a worker holding several batches).
@@ -65,7 +69,9 @@ def worker_app(
     With ``leases`` the batch in hand keeps a lease (its worker's sign of life, see
     ``pipelines.fleet``); with ``breakers`` each batch's outcome is recorded on its queue's
     breaker. ``on_device_lost`` hears why the device is gone: the batch goes back to its queue
-    and the worker is expected to stop.
+    and the worker is expected to stop. With ``handoff`` the worker says when it holds no
+    batch, and hands a batch that would wait for its engine to a worker that holds none
+    (``engines.handoff``).
     """
     app = celery_app(settings, name=f"{settings.namespace}-worker")
 
@@ -81,8 +87,22 @@ def worker_app(
         batch_id = str(payload.get("batch_id") or self.request.id)
         queue = str((self.request.delivery_info or {}).get("routing_key") or "")
         keep = leases.kept(batch_id, holder) if leases is not None else nullcontext()
+        if handoff is not None:
+            handoff.took()
+        try:
+            return _run_batch(self, payload, batch_id, queue, keep)
+        finally:
+            if handoff is not None:
+                handoff.ended(time.time())
+
+    def _run_batch(
+        self: Any, payload: dict[str, Any], batch_id: str, queue: str, keep: Any
+    ) -> dict[str, int]:
         try:
             with keep:
+                if handoff is not None and handoff.give_back(payload, queue):
+                    log.info("batch %s: handed back to %s for an idle worker", batch_id, queue)
+                    raise Reject("handed to an idle worker", requeue=True)
                 summary = runner_here().run(payload)
         except ServiceUnavailable as exc:
             # Results could not be stored: retry the whole (idempotent) batch later; the
@@ -240,10 +260,14 @@ def run_worker(
             cache.get(model)
         except ModelUnavailable as exc:
             log.error("preload: %s", exc)
-    app = worker_app(settings, runners, leases, breakers, device_lost)
+    handoff = Handoff(settings, leases.client, cache, process_id(device), queues.split(","))
+    # listed idle once the worker consumes, so a batch handed to it is not taken back first
+    worker_ready.connect(lambda **_: handoff.start(time.time()), weak=False)
+    app = worker_app(settings, runners, leases, breakers, device_lost, handoff)
     try:
         _serve(app, queues, name, loglevel, settings.worker.batches_in_hand)
     finally:
+        handoff.stop()
         if observer is not None:
             observer.stop()
     if lost:

@@ -87,3 +87,15 @@ class Lost(EchoEngine):
 
 def lost(settings: BlazeSettings, spec: ModelSpec) -> Any:
     return Lost(spec.name, Path(spec.source or "/nonexistent"))
+
+
+class Sleepy(EchoEngine):
+    """Echo that sleeps the seconds a prompt ``sleep:S`` names, per job."""
+
+    def run(self, batch: Sequence[LLMJob]) -> list[Output]:
+        time.sleep(sum(float((j.prompt or "").partition("sleep:")[2] or 0) for j in batch))
+        return super().run(batch)
+
+
+def sleepy(settings: BlazeSettings, spec: ModelSpec) -> Any:
+    return Sleepy(spec.name)

@@ -590,8 +590,8 @@ def main() -> None:
     ap.add_argument(
         "--batches-in-hand",
         type=int,
-        default=1,
-        help="batches each Blaze worker holds (2: a continuous model refills from the next)",
+        default=2,
+        help="batches each Blaze worker holds (the worker's default, 2; 1: one at a time)",
     )
     ap.add_argument(
         "--latency-jobs", type=int, default=12, help="jobs of the latency mode (0: skip it)"

@@ -1,10 +1,11 @@
 """The worker process: pinned to one device, serving its Celery queues.
 
-One batch at a time by default (Celery's solo pool). With ``worker.batches_in_hand`` above 1 it
-takes that many batches at once, each run by its own thread and its own ``BatchRunner`` over
-the shared engines (Celery's threads pool): a continuous model's rows from every batch in hand
-share its running batch, other engines take turns, and one batch's results are written while
-the next computes.
+Two batches in hand by default (``worker.batches_in_hand``), each run by its own thread and its
+own ``BatchRunner`` over the shared engines (Celery's threads pool): a continuous model's rows
+from every batch in hand share its running batch, other engines take turns, one batch's
+results are written while the next computes, and a batch that would wait for the engine goes
+to an idle worker of its queue (``engines.handoff``). With 1, one batch at a time on Celery's
+solo pool.
 
 Late acknowledgement: a batch is acknowledged only after its results are written, so a batch
 whose worker dies goes back to the queue (every batch in hand, when it held several). Storage

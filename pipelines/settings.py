@@ -196,12 +196,13 @@ class WorkerSettings(_Group):
         default=None, ge=1, description="unload least recently used models above this"
     )
     batches_in_hand: int = Field(
-        default=1,
+        default=2,
         ge=1,
         le=16,
         description="batches a worker takes from its queues at once (one thread each); above 1 "
         "a continuous model's next batch fills the slots the current one's finished rows leave, "
-        "and a static model's next call starts while the last batch's results are written",
+        "a static model's next call starts while the last batch's results are written, and a "
+        "batch that would wait for the engine goes to an idle worker; 1: one at a time",
     )
 
 

@@ -10,17 +10,19 @@ it goes back to the queue (``Reject(requeue=True)``): that worker, blocked on th
 it first. A continuous engine's batches share its running batch, so such a batch is handed
 over only if an idle worker is there when it arrives.
 
-Which workers are idle: ``{ns}:idle:{queue}``, a sorted set of process ids (score: idle since),
-each worker adds itself when its last batch in hand ends and removes itself when it takes one.
-A worker killed while idle stays listed until a process of the same id starts again, so a batch
-is handed back at most ``MAX_HANDOFFS`` times (``{ns}:handoffs:{batch_id}``); a batch nobody
-takes comes straight back, a few milliseconds later.
+Which workers are idle: ``{ns}:idle:{queue}``, a sorted set of process ids scored by when each
+last said so. A worker adds itself when its last batch in hand ends, says so again every
+``lease_s / 4`` while it stays idle, and removes itself when it takes a batch; a mark older
+than ``lease_s`` is not read (a worker killed while idle drops out within that). A batch goes
+back at most ``MAX_HANDOFFS`` times (``{ns}:handoffs:{batch_id}``): one that nobody takes comes
+straight back, a few milliseconds later, and does not go round again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,8 +54,10 @@ class Handoff:
         self.queues = list(queues)
         self.ns = settings.namespace
         self.several = settings.worker.batches_in_hand > 1
+        self.fresh_s = settings.fleet.lease_s
         self._lock = threading.Lock()
         self._in_hand = 0
+        self._stop = threading.Event()
 
     def _key(self, queue: str) -> str:
         return f"{self.ns}:idle:{queue}"
@@ -71,9 +75,20 @@ class Handoff:
             log.warning("idle mark not written: %s", exc)
 
     def start(self, now: float) -> None:
+        """Listed idle from now on while no batch is in hand, said again every lease_s / 4."""
         self._mark(True, now)
 
+        def keep() -> None:
+            while not self._stop.wait(self.fresh_s / 4):
+                with self._lock:
+                    idle = self._in_hand == 0
+                if idle:
+                    self._mark(True, time.time())
+
+        threading.Thread(target=keep, name="idle-mark", daemon=True).start()
+
     def stop(self) -> None:
+        self._stop.set()
         self._mark(False)
 
     def took(self) -> None:
@@ -93,7 +108,9 @@ class Handoff:
             self._mark(True, now)
 
     def idle_peers(self, queue: str) -> bool:
-        members = self.client.zrange(self._key(queue), 0, -1)
+        """Whether another worker of ``queue`` said it was idle in the last ``lease_s``."""
+        since = time.time() - self.fresh_s
+        members = self.client.zrangebyscore(self._key(queue), since, "+inf")
         return any((m.decode() if isinstance(m, bytes) else m) != self.me for m in members)
 
     def _may(self, batch_id: str) -> bool:

@@ -4,6 +4,7 @@ to an idle worker (``engines.handoff``)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,16 +55,19 @@ def handoffs(settings: BlazeSettings, cache: EngineCache) -> tuple[Handoff, Hand
 
 
 def test_a_worker_is_listed_idle_only_while_it_holds_no_batch(settings: BlazeSettings) -> None:
-    me, peer, queue = handoffs(several(settings), EngineCache(Echo, "cpu"))
+    settings = several(settings)
+    me, peer, queue = handoffs(settings, EngineCache(Echo, "cpu"))
     assert not me.idle_peers(queue)
-    peer.start(1.0)
+    peer.start(time.time())
     assert me.idle_peers(queue) and not peer.idle_peers(queue)  # never itself
     peer.took()
     peer.took()
-    peer.ended(2.0)  # one of two ended: still busy
+    peer.ended(time.time())  # one of two ended: still busy
     assert not me.idle_peers(queue)
-    peer.ended(3.0)
+    peer.ended(time.time())
     assert me.idle_peers(queue)
+    peer._mark(True, time.time() - settings.fleet.lease_s - 1)  # a worker gone while idle
+    assert not me.idle_peers(queue)
     peer.stop()
     assert not me.idle_peers(queue)
 
@@ -93,7 +97,7 @@ def test_a_batch_waiting_for_a_busy_engine_goes_to_an_idle_worker(
     )
     waiter.start()
     assert not done.wait(0.5)  # no idle worker: it waits for the engine
-    peer.start(1.0)
+    peer.start(time.time())
     assert done.wait(5) and answer == [True]  # an idle worker appeared: handed over
     # a batch handed back this often runs here even with a worker listed idle (it may be gone)
     for _ in range(MAX_HANDOFFS):
@@ -117,7 +121,7 @@ def test_a_continuous_engine_takes_its_rows_in_unless_a_worker_is_idle(
     me.took()
     me.took()
     assert me.give_back(payload("d" * 32), queue) is False  # at once: it joins the running batch
-    peer.start(1.0)
+    peer.start(time.time())
     assert me.give_back(payload("e" * 32), queue) is True
     peer.stop()
 
@@ -126,7 +130,7 @@ def test_one_batch_in_hand_or_an_alone_batch_never_goes_back(settings: BlazeSett
     cache = EngineCache(Flowing, "cpu")
     cache.get("m")
     one, peer, queue = handoffs(several(settings, 1), cache)
-    peer.start(1.0)
+    peer.start(time.time())
     one.took()
     one.took()
     assert one.give_back(payload("f" * 32), queue) is False  # batches_in_hand 1

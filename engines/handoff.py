@@ -81,9 +81,8 @@ class Handoff:
         def keep() -> None:
             while not self._stop.wait(self.fresh_s / 4):
                 with self._lock:
-                    idle = self._in_hand == 0
-                if idle:
-                    self._mark(True, time.time())
+                    if self._in_hand == 0:
+                        self._mark(True, time.time())
 
         threading.Thread(target=keep, name="idle-mark", daemon=True).start()
 
@@ -93,19 +92,17 @@ class Handoff:
 
     def took(self) -> None:
         """A batch came in hand."""
-        with self._lock:
+        with self._lock:  # marks in the order the counts change
             self._in_hand += 1
-            first = self._in_hand == 1
-        if first:
-            self._mark(False)
+            if self._in_hand == 1:
+                self._mark(False)
 
     def ended(self, now: float) -> None:
         """A batch left the hand (settled, retried, handed back or given up)."""
         with self._lock:
             self._in_hand -= 1
-            last = self._in_hand == 0
-        if last:
-            self._mark(True, now)
+            if self._in_hand == 0:
+                self._mark(True, now)
 
     def idle_peers(self, queue: str) -> bool:
         """Whether another worker of ``queue`` said it was idle in the last ``lease_s``."""
@@ -125,8 +122,8 @@ class Handoff:
         """Wait while another batch of this worker holds the engine this batch needs; True
         if it should go back to the queue for an idle worker instead."""
         with self._lock:
-            alone = self._in_hand <= 1
-        if not self.several or alone or payload.get("alone") or payload.get("shadow"):
+            only_this = self._in_hand <= 1
+        if not self.several or only_this or payload.get("alone") or payload.get("shadow"):
             return False
         models = _models(payload)
         engines = {m: self.cache.loaded(m) for m in models}

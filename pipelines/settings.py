@@ -233,11 +233,7 @@ class FleetSettings(_Group):
         description="a batch running longer counts as a failure on its queue's breaker",
     )
     alone_after_deaths: int = Field(
-        default=2,
-        ge=1,
-        le=100,
-        description="a job whose worker died this often (while it was on the engine) runs "
-        "alone: a batch of one, nothing else on its worker's engine beside it",
+        default=2, ge=1, le=100, description="a job whose worker died this often runs alone"
     )
     dead_after_deaths: int = Field(
         default=3, ge=1, le=100, description="... and this often is dead-lettered"

@@ -27,6 +27,7 @@ from pipelines.stores.status import GroupsDone, JobState, JobStatus, StatusStore
 Progress = Callable[[int, int], None]
 WAIT_FIRST, WAIT_WINDOW = 32, 256  # jobs whose state a wait's poll reads first, and at most
 # in one step after that (steps double while most of what they read had ended)
+SEND_LINGER_MS = 1000  # longer than any chunk takes to add: a chunk leaves whole at its flush
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,9 @@ class Client:
 
     def _get_producer(self) -> KafkaProducer:
         if self._producer is None:
-            self._producer = make_producer(self.settings)
+            # every send ends in a flush, so linger only decides how a chunk is cut: not in
+            # 5 ms slices while the loop is still adding records, but all of it at the flush
+            self._producer = make_producer(self.settings, linger_ms=SEND_LINGER_MS)
         return self._producer
 
     # -- producing -----------------------------------------------------------------------

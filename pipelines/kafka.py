@@ -58,7 +58,7 @@ def make_producer(settings: BlazeSettings, **overrides: Any) -> KafkaProducer:
         "linger_ms": 5,
         # a burst goes as one record batch per partition, not one per 16 KiB (the default):
         # the embedded broker writes one S3 object per batch it is sent
-        "batch_size": 1 << 20,
+        "batch_size": 1 << 19,  # half of a default broker's message.max.bytes
         "max_in_flight_requests_per_connection": 1,
         "request_timeout_ms": 30_000,
         "client_id": f"{settings.namespace}-producer",

@@ -16,6 +16,7 @@ from blaze.cli.render import (
     key_values,
     out,
     progress_bar,
+    say,
     when_day,
 )
 from pipelines.errors import ConfigError, JobTimeout
@@ -129,7 +130,7 @@ def batch_download(
         raise ConfigError(f"--output {output} exists and is not a folder")
     with Client(cli_settings()) as client:
         for path in client.batches().download(batch_id, output):
-            out.print(str(path), highlight=False)
+            say(str(path))
 
 
 @group.command("cancel")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from blaze.cli.render import ExitCode, cli_settings, megabytes, out, wait_with_bar
+from blaze.cli.render import ExitCode, cli_settings, megabytes, out, say, wait_with_bar
 from pipelines.errors import BlazeError, ConfigError
 from pipelines.stores.cache_index import TIERS
 
@@ -140,7 +140,7 @@ def cache_warm(
         highlight=False,
     )
     for line in skipped:
-        out.print(f"not cacheable: {line}", highlight=False)
+        say(f"not cacheable: {line}")
     if failed:
         raise ExitCode(1, f"{len(failed)} jobs did not succeed, e.g. {failed[0]}")
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from blaze.cli.render import ExitCode, ago, cli_settings, megabytes, out
+from blaze.cli.render import ExitCode, ago, cli_settings, megabytes, out, say
 
 JsonFlag = typer.Option(False, "--json", help="one JSON document for scripts")
 
@@ -200,7 +200,7 @@ def targets(
     tmp = out_file.with_suffix(out_file.suffix + ".tmp")
     tmp.write_text(text)
     tmp.replace(out_file)
-    out.print(f"{len(groups)} targets written to {out_file}")
+    say(f"{len(groups)} targets written to {out_file}")
 
 
 def register(app: typer.Typer) -> None:

@@ -18,6 +18,12 @@ out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") els
 err = Console(stderr=True, soft_wrap=True)
 
 
+def say(text: str) -> None:
+    """One line as it is: never wrapped (a long path stays on one line for grep and scripts),
+    no markup or highlighting (a ``[`` in a file name is printed, not parsed)."""
+    out.print(text, soft_wrap=True, markup=False, highlight=False)
+
+
 class ExitCode(Exception):
     """End the command with this exit code and one error line."""
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from blaze.cli.render import cli_settings, err, job_ids_of, out, when_day
+from blaze.cli.render import cli_settings, err, job_ids_of, out, say, when_day
 from pipelines.errors import ConfigError
 from pipelines.settings import parse_duration
 
@@ -42,7 +42,7 @@ def results_get(
             folder.mkdir(parents=True, exist_ok=True)
             for name, data in files.items():
                 (folder / name).write_bytes(data)
-            out.print(f"{jid}: {len(files)} files in {folder}", highlight=False)
+            say(f"{jid}: {len(files)} files in {folder}")
     if missing:
         raise typer.Exit(1)
 

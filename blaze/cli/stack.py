@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from blaze.cli.render import cli_settings, out
+from blaze.cli.render import cli_settings, out, say
 from infra.stack import Stack
 
 group = typer.Typer(no_args_is_help=True, help="The embedded Kafka/S3/Redis stack.")
@@ -69,7 +69,7 @@ def _print_stack(stack: Stack) -> bool:
         ok = ok and s.healthy
         table.add_row(s.name, s.address, str(s.pid or "-"), health)
     out.print(table)
-    out.print(f"state: {stack.state_dir}")
+    say(f"state: {stack.state_dir}")
     return ok
 
 

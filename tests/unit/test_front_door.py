@@ -77,3 +77,15 @@ def test_gateway_commands_name_what_is_wrong(tmp_path: Path) -> None:
         env=env,
     )
     assert tls.returncode == 2 and "--tls-cert and --tls-key go together" in tls.stderr
+
+
+def test_a_line_with_a_long_path_prints_whole_and_literal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Piped output keeps a report line on one line however long its path, and prints a ``[``
+    in a file name as it is (rich would take ``[x]`` for markup)."""
+    from blaze.cli.render import say
+
+    line = "not cacheable: /tmp/" + "deep/" * 60 + "[x] jobs.jsonl:6: a sampled job without a seed"
+    say(line)
+    assert capsys.readouterr().out == line + "\n"

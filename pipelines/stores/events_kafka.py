@@ -23,6 +23,13 @@ from pipelines.stores.status import StatusUpdate
 
 log = logging.getLogger(__name__)
 RETRY_CONNECT_S = 30.0
+EVENTS_LINGER_MS = 200
+"""How long the producer gathers events before sending them. Each produce request becomes
+one S3 object per partition (plus a watermark write) in the embedded broker, so a consumer
+and a worker settling 12 batches a second at 20 ms sent about one request per call. At
+200 ms, 5,000 no-op jobs in the batch layout made 284 broker PUTs instead of 448, and ran
+at 919 jobs/s against 772 (medians of 3 alternated runs). Events are best-effort and
+asynchronous: a reader sees them up to 0.2 s later; job status in Redis is unaffected."""
 
 
 class KafkaStatusEvents:
@@ -44,7 +51,7 @@ class KafkaStatusEvents:
                 self._producer = make_producer(
                     self.settings,
                     acks=1,
-                    linger_ms=20,
+                    linger_ms=EVENTS_LINGER_MS,
                     max_in_flight_requests_per_connection=5,
                     client_id=f"{self.settings.namespace}-status-events",
                 )

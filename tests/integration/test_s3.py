@@ -133,7 +133,7 @@ def test_a_store_that_keeps_throttling_is_reported_unavailable_after_the_retries
     with throttled(settings, refusals=None) as front:
         store = S3ResultStore(_through(settings, front, retries=3, retry_backoff_s=0.01))
         key = f"{settings.namespace}/hot/result.json"
-        with pytest.raises(ServiceUnavailable, match="503"):
+        with pytest.raises(ServiceUnavailable, match=r"PUT \S+/hot/result.json answered 503"):
             store.put_many([(key, b"{}", "application/json")], if_absent=True)
     assert sum(front.refused.values()) == 4  # the first try and 3 retries, then the batch retries
 

@@ -10,7 +10,8 @@ second per prefix): a request answered 500/502/503/504 is sent again up to ``s3.
 times, waiting a random time up to ``retry_backoff_s`` doubled per attempt ("full jitter", so
 throttled writers spread out instead of returning together) or what ``Retry-After`` asks.
 urllib3's own backoff retries the first failure at once and adds at most a fixed jitter, hence
-``_Backoff``. After the last retry the store raises ``ServiceUnavailable`` and the worker
+``_Backoff``. Single-object requests retry in obstore with its own jittered backoff (see
+``s3_objects``). After the last retry the store raises ``ServiceUnavailable`` and the worker
 retries the whole (idempotent) batch later.
 
 With ``s3.sse`` every object Blaze writes asks for server-side encryption (SSE-S3 or SSE-KMS).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import random
 import re
 import threading
@@ -28,24 +30,29 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
-import obstore
 import urllib3
 from minio import Minio
 from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from minio.sse import Sse, SseKMS, SseS3
-from obstore.exceptions import AlreadyExistsError, BaseError, NotSupportedError, PreconditionError
+from obstore.exceptions import BaseError
 
 from pipelines.errors import ConfigError, ServiceUnavailable
 from pipelines.settings import BlazeSettings
 from pipelines.stores.results import Item, ObjectInfo
-from pipelines.stores.s3_objects import object_store
+from pipelines.stores.s3_objects import (
+    MISSING,
+    ConditionalUnsupported,
+    MinioObjects,
+    ObjectClient,
+    ObstoreObjects,
+    obstore_usable,
+)
 
 log = logging.getLogger(__name__)
 
 PART_SIZE = 8 << 20
-_MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
 RETRY_STATUSES = (500, 502, 503, 504)
 # what the store's calls raise when the service fails them (after their retries)
 _FAILED = (S3Error, BaseError, urllib3.exceptions.HTTPError, OSError)
@@ -147,8 +154,10 @@ class S3ResultStore:
             region=s3.region,
             http_client=http,
         )
-        self.objects = object_store(settings)
+        self._obstore = ObstoreObjects(settings)
+        self._minio = MinioObjects(self.client, self.bucket, self._sse_headers)
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
         self._pool_lock = threading.Lock()
 
     def _sse_metadata(self) -> dict[str, str | list[str] | tuple[str]] | None:
@@ -157,10 +166,17 @@ class S3ResultStore:
     def _unavailable(self, exc: Exception) -> ServiceUnavailable:
         return ServiceUnavailable("S3", self.endpoint, _reason(exc))
 
+    @property
+    def objects(self) -> ObjectClient:
+        """The client for single-object requests (obstore, minio in a child forked after it)."""
+        return self._obstore if obstore_usable() else self._minio
+
     def _workers(self) -> ThreadPoolExecutor:
         with self._pool_lock:  # a worker's batches in hand share the store
-            if self._pool is None:
+            if self._pool is None or self._pool_pid != os.getpid():
+                # a forked child has the parent's pool but not its threads
                 self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="s3")
+                self._pool_pid = os.getpid()
             return self._pool
 
     def ensure_bucket(self) -> None:
@@ -191,28 +207,13 @@ class S3ResultStore:
                 part_size=PART_SIZE,
             )
             return True
-        attributes: Any = {"Content-Type": ctype}
-        if not if_absent:
-            obstore.put(self.objects, key, data, attributes=attributes, use_multipart=False)
-            return True
-        if not self._conditional:
+        if if_absent and not self._conditional:
             if self._exists(key):
                 return False
-            obstore.put(self.objects, key, data, attributes=attributes, use_multipart=False)
-            return True
+            if_absent = False
         try:
-            obstore.put(
-                self.objects, key, data, attributes=attributes, mode="create", use_multipart=False
-            )
-            return True
-        except (AlreadyExistsError, PreconditionError):
-            return False
-        except BaseError as exc:
-            # 409 ConditionalRequestConflict: another writer's PUT of the key is in flight
-            if "ConditionalRequestConflict" in str(exc):
-                return False
-            if not isinstance(exc, NotSupportedError) and "NotImplemented" not in str(exc):
-                raise
+            return self.objects.put(key, data, ctype, create=if_absent)
+        except ConditionalUnsupported:
             log.warning("%s does not support conditional writes; checking before writing", self)
             self._conditional = False
             return self._put(item, if_absent)
@@ -235,7 +236,7 @@ class S3ResultStore:
             )
             return True
         except S3Error as exc:
-            if exc.code in _MISSING:
+            if exc.code in MISSING:
                 return False
             raise
 
@@ -262,9 +263,7 @@ class S3ResultStore:
 
     def get(self, key: str) -> bytes | None:
         try:
-            return obstore.get(self.objects, key).bytes().to_bytes()
-        except FileNotFoundError:
-            return None
+            return self.objects.get(key)
         except _FAILED as exc:
             raise self._unavailable(exc) from None
 
@@ -274,11 +273,7 @@ class S3ResultStore:
         return dict(zip(keys, self._workers().map(self.get, keys), strict=True))
 
     def _exists(self, key: str) -> bool:
-        try:
-            obstore.head(self.objects, key)
-            return True
-        except FileNotFoundError:
-            return False
+        return self.objects.exists(key)
 
     def existing(self, keys: Iterable[str]) -> set[str]:
         keys = list(keys)

@@ -1,9 +1,10 @@
 """The S3 result store against the real SeaweedFS: throttling (503 SlowDown) answered by
-retries, and server-side encryption."""
+retries, server-side encryption, and a process forked after the store was used."""
 
 from __future__ import annotations
 
 import http.client
+import multiprocessing
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -149,3 +150,38 @@ def test_server_side_encryption_is_asked_for_on_every_write(settings: BlazeSetti
     for key in ("a", "b", "c"):
         stat = store.client.stat_object(store.bucket, f"{ns}/{key}/result.json")
         assert stat.metadata.get("x-amz-server-side-encryption") == "AES256", key
+
+
+def _in_forked_child(store: S3ResultStore, settings: BlazeSettings) -> None:
+    ns = settings.namespace
+    assert store.get(f"{ns}/fork/a/result.json") == b"parent"
+    late = [(f"{ns}/fork/a/result.json", b"late", "application/json")]
+    mine = [(f"{ns}/fork/{k}/result.json", b"child", "application/json") for k in "cd"]
+    assert store.put_many(late + mine, if_absent=True) == {late[0][0]}  # first writer still wins
+    fresh = S3ResultStore(settings)
+    assert fresh.get(f"{ns}/fork/c/result.json") == b"child"
+    assert fresh.existing([f"{ns}/fork/d/result.json", f"{ns}/fork/e/result.json"]) == {
+        f"{ns}/fork/d/result.json"
+    }
+
+
+def test_a_process_forked_after_the_store_was_used_still_reads_and_writes(
+    settings: BlazeSettings,
+) -> None:
+    # obstore's runtime threads do not survive a fork: without the fallback the child blocks
+    store = S3ResultStore(settings)
+    store.ensure_bucket()
+    ns = settings.namespace
+    items = [(f"{ns}/fork/{k}/result.json", b"parent", "application/json") for k in "ab"]
+    assert store.put_many(items, if_absent=True) == set()
+    child = multiprocessing.get_context("fork").Process(
+        target=_in_forked_child, args=(store, settings)
+    )
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child blocked on the store")
+    assert child.exitcode == 0
+    assert store.get(f"{ns}/fork/c/result.json") == b"child"
+    assert store.get(f"{ns}/fork/a/result.json") == b"parent"

@@ -15,33 +15,47 @@ local function advance(job, a)
   local state, rank, at, reason = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3]
   local group, kind, counter, loc = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
   local version = ARGV[a + 8]
-  local cur = tonumber(redis.call('HGET', job, 'rank') or '-1')
-  local function attempts() return tonumber(redis.call('HGET', job, 'attempts') or '0') end
-  local function ended_in()
-    if tonumber(redis.call('HGET', job, 'rank') or '-1') < terminal then return false end
-    return redis.call('HGET', job, 'group')
-  end
+  -- one read and one write per update: each redis.call costs more than the Lua around it
+  local f = redis.call('HMGET', job, 'rank', 'state', 'attempts', 'group', 'kind', 'loc', 't_' .. state)
+  local cur, now, attempts = tonumber(f[1] or '-1'), f[2], tonumber(f[3] or '0')
+  local ended_group, has_kind, recorded, marked = f[4], f[5], f[6], f[7]
   -- a claim is refused once the job ended; a cancel once it runs (or when the job is unknown)
   if (mode == 'claim' and cur >= terminal) or (mode == 'cancel' and (cur < 0 or cur >= running)) then
-    return {0, redis.call('HGET', job, 'state'), attempts(), ended_in(), false}
+    return {0, now, attempts, cur >= terminal and ended_group, false}
   end
-  redis.call('HSETNX', job, 't_' .. state, at)
-  if group ~= '' then redis.call('HSETNX', job, 'group', group) end
-  if kind ~= '' then redis.call('HSETNX', job, 'kind', kind) end
-  if version ~= '' then redis.call('HSET', job, 'version', version) end
-  if counter ~= '' then redis.call('HINCRBY', job, counter, 1) end
+  local sets = {}
+  local function set(field, value)
+    sets[#sets + 1] = field
+    sets[#sets + 1] = value
+  end
+  if not marked then set('t_' .. state, at) end
+  if group ~= '' and not ended_group then
+    set('group', group)
+    ended_group = group
+  end
+  if kind ~= '' and not has_kind then set('kind', kind) end
+  if version ~= '' then set('version', version) end
   local moved = 0
   if rank > cur or (rank == cur and cur < terminal) then
     moved = 1
-    redis.call('HSET', job, 'state', state, 'rank', ARGV[a + 1], 'updated_at', at, 'reason', reason)
+    set('state', state)
+    set('rank', ARGV[a + 1])
+    set('updated_at', at)
+    set('reason', reason)
+    cur, now = rank, state
   end
   -- a job that did not move still has the state it had: its loc only joins a repeat of it
-  if loc ~= '' and rank == terminal and (moved == 1 or redis.call('HGET', job, 'state') == state) then
-    redis.call('HSETNX', job, 'loc', loc)
+  if loc ~= '' and rank == terminal and now == state and not recorded then
+    set('loc', loc)
+    recorded = loc
+  end
+  if #sets > 0 then redis.call('HSET', job, unpack(sets)) end
+  if counter ~= '' then
+    local n = redis.call('HINCRBY', job, counter, 1)
+    if counter == 'attempts' then attempts = n end
   end
   redis.call('EXPIRE', job, ttl)
-  local recorded = loc ~= '' and redis.call('HGET', job, 'loc')
-  return {moved, redis.call('HGET', job, 'state'), attempts(), ended_in(), recorded}
+  return {moved, now, attempts, cur >= terminal and ended_group, loc ~= '' and recorded}
 end
 
 local out = {}

@@ -1,4 +1,4 @@
-"""The S3 client for the per-object hot path: small PUTs, GETs and HEADs through obstore.
+"""The result store's single-object requests (PUT, GET, HEAD): obstore, minio in a fork.
 
 A worker writes one object per job (or per batch), and the SDK, the cache and the OpenAI
 files read them back one by one. Measured on the dev machine (3,000 PUTs of 330 bytes from 16

@@ -12,6 +12,7 @@ from engines.cache import EngineCache
 from engines.early import EarlyWriter, report_finished
 from engines.runner import BatchRunner
 from engines.settle import settle_in_batch_object
+from pipelines.errors import ServiceUnavailable
 from pipelines.jobs import LLMJob
 from pipelines.results import LLMResult, parse_result
 from pipelines.settings import BlazeSettings
@@ -186,3 +187,55 @@ def test_a_failed_early_write_leaves_the_jobs_to_the_end_of_the_batch() -> None:
     while not calls and time.monotonic() < deadline:
         time.sleep(0.01)
     assert writer.close() == set() and calls == [1]
+
+
+class CountingReads(MemoryResultStore):
+    """Remembers every key it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
+        self.asked += keys
+        return super().get_many(keys)
+
+
+class DownStatus(MemoryStatusStore):
+    def get(self, job_ids: Any) -> Any:
+        raise ServiceUnavailable("Redis", "127.0.0.1:1", "Connection refused")
+
+
+def test_reading_a_batch_layout_back_asks_for_no_per_job_object() -> None:
+    results, status = CountingReads(), MemoryStatusStore()
+    run = BatchRunner(SETTINGS, results, status, EngineCache(EchoEngine, "cpu"))
+    jobs = [LLMJob(model="m", prompt=f"p{i}") for i in range(5)]
+    run.run(payload(*jobs))
+    results.asked.clear()
+    docs = read_results(SETTINGS, results, status, [j.job_id for j in jobs])
+    assert [json.loads(d or b"")["text"] for d in docs.values()] == ["P0", "P1", "P2", "P3", "P4"]
+    assert len(results.asked) == 1 and results.asked[0].endswith(".jsonl")  # one GET in all
+
+
+def test_the_recorded_loc_wins_over_a_later_per_job_object() -> None:
+    # a job settled in a batch object, then run again after its model moved to the per-job
+    # layout: the status says the first attempt is its result, so a reader gets that one
+    results, status = MemoryResultStore(), MemoryStatusStore()
+    job = LLMJob(model="m", prompt="p")
+    first = LLMResult(job_id=job.job_id, status="succeeded", model="m", text="first")
+    settle_in_batch_object(SETTINGS, results, status, "b1", [first])
+    later = LLMResult(job_id=job.job_id, status="succeeded", model="m", text="later")
+    results.put_many([(SETTINGS.result_key(job.job_id), later.to_json(), "application/json")])
+    got = read_results(SETTINGS, results, status, [job.job_id])[job.job_id]
+    assert json.loads(got or b"")["text"] == "first"
+
+
+def test_with_the_status_store_down_per_job_objects_are_still_read() -> None:
+    results = MemoryResultStore()
+    there = LLMResult(job_id="j-there", status="succeeded", model="m", text="x")
+    results.put_many([(SETTINGS.result_key("j-there"), there.to_json(), "application/json")])
+    docs = read_results(SETTINGS, results, DownStatus(), ["j-there"])
+    assert json.loads(docs["j-there"] or b"")["text"] == "x"
+    # a job with no per-job object may have a line in a batch object: say why it is not known
+    with pytest.raises(ServiceUnavailable, match="Redis"):
+        read_results(SETTINGS, results, DownStatus(), ["j-there", "j-elsewhere"])

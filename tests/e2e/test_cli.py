@@ -234,3 +234,12 @@ def test_user_warms_the_cache_and_rolls_a_model_version_out(user: User, tmp_path
     assert wrong.returncode == 2 and "has no version 9" in wrong.stderr
     wrong = user.run("models", "split", "fast")
     assert wrong.returncode == 2 and "give a VERSION" in wrong.stderr
+
+
+def test_the_demo_runs_on_a_fresh_state_folder_and_answers_france(user: User) -> None:
+    # a fresh clone: no secrets yet, so the stack generates them while the demo starts it
+    assert not (Path(user.env["BLAZE_STACK__STATE_DIR"]) / "secrets.json").exists()
+    said = user.ok("demo", "--jobs", "2", "--max-new-tokens", "12", timeout=600)
+    assert "2/2 jobs succeeded" in said, said
+    answers = [line for line in said.splitlines() if line.strip().startswith("A:")]
+    assert len(answers) == 2 and "Paris" in answers[0], said

@@ -95,7 +95,8 @@ def torch_dtype(name: str, model: str = "") -> torch.dtype:
     import torch
 
     if name not in DTYPE_NAMES or name == "auto":
-        raise ModelUnavailable(f"model {model}: dtype {name!r} is not one of {list(DTYPE_NAMES)}")
+        named = [n for n in DTYPE_NAMES if n != "auto"]
+        raise ModelUnavailable(f"model {model}: dtype {name!r} is not one of {named}")
     dtype: torch.dtype = getattr(torch, name)
     return dtype
 

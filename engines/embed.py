@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from engines.base import Output, parameter_bytes, torch_dtype, weights_digest
+from engines.base import Output, parameter_bytes, resolve_dtype, torch_dtype, weights_digest
 from pipelines.errors import ModelUnavailable
 from pipelines.jobs import EmbedJob
 
@@ -27,7 +27,8 @@ class TransformersEmbedder:
     Args:
         name: The model name jobs use.
         path: A folder with an encoder (``AutoModel``) and its tokenizer.
-        dtype: Weight dtype.
+        dtype: Weight dtype as the registry names it (``auto`` is resolved for the device at
+            load, ``engines.base.resolve_dtype``).
         max_tokens: Texts are truncated to this many tokens.
     """
 
@@ -36,7 +37,8 @@ class TransformersEmbedder:
     ) -> None:
         self.name = name
         self.path = Path(path)
-        self.dtype = dtype
+        self.requested_dtype = dtype
+        self.dtype = resolve_dtype(dtype, "cpu")  # resolved again at load, for its device
         self.max_tokens = max_tokens
         self.device = "cpu"
         self.model: Any = None
@@ -44,6 +46,7 @@ class TransformersEmbedder:
         self._digest = ""
 
     def load(self, device: str) -> None:
+        self.dtype = resolve_dtype(self.requested_dtype, device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
             model = AutoModel.from_pretrained(self.path, dtype=torch_dtype(self.dtype, self.name))

@@ -192,10 +192,11 @@ def test_embedding_jobs_flow_through_the_pipeline(settings: BlazeSettings) -> No
         EmbedJob(job_id=f"emb-{i}", model="all-minilm-l6-v2", texts=[f"text {i}", "shared"])
         for i in range(5)
     ]
-    with running_worker(settings), running_intake(settings), Client(settings) as client:
+    # the registry's default dtype (auto), as a worker started without --dtype loads it
+    with running_worker(settings, dtype=None), running_intake(settings), Client(settings) as client:
         client.submit_many(jobs)
         final = client.wait([j.job_id for j in jobs], timeout=120)
-    assert {s.state for s in final.values()} == {JobState.SUCCEEDED}
+    assert {s.state for s in final.values()} == {JobState.SUCCEEDED}, final
     raw = S3ResultStore(settings).get(settings.result_key("emb-3"))
     assert raw is not None
     result = parse_result(raw)

@@ -46,3 +46,17 @@ def test_a_text_gives_the_same_vector_alone_or_in_a_batch(engine: TransformersEm
         [EmbedJob(model=EMBED_MODEL, texts=["a much longer text " * 20, "queues and workers"])]
     )[0].vectors[1]
     assert cos(alone, crowded) > 0.9999
+
+
+def test_the_registry_default_dtype_auto_loads_and_embeds() -> None:
+    # the built-in entry asks for dtype auto; a worker without --dtype loads it that way
+    settings = BlazeSettings()
+    spec = load_registry(settings).specs[EMBED_MODEL]
+    assert spec.dtype == "auto"
+    e = TransformersEmbedder(EMBED_MODEL, resolve_model(settings, spec), dtype=spec.dtype)
+    e.load("cpu")
+    assert e.describe()["dtype"] in ("bfloat16", "float32")
+    (out,) = e.run([EmbedJob(model=EMBED_MODEL, texts=["queues and workers"])])
+    assert len(out.vectors[0]) == 384 and math.isclose(
+        cos(out.vectors[0], out.vectors[0]), 1, rel_tol=1e-2
+    )

@@ -48,6 +48,19 @@ class JobHandle:
         return self.client.result(self.job_id)
 
 
+RERUNNABLE = frozenset({JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
+
+
+@dataclass(frozen=True)
+class Resubmitted:
+    """What ``Client.resubmit`` did with each job: submitted as new (Blaze held no state for
+    it), restarted (it had failed, died or was cancelled), or kept with the state it has."""
+
+    new: list[JobHandle]
+    restarted: list[JobHandle]
+    kept: dict[str, JobState]
+
+
 class Client:
     """Blaze from a producer's side. Create once and reuse: it holds a Kafka producer.
 
@@ -165,6 +178,28 @@ class Client:
             if progress:
                 progress(len(handles), len(jobs))
         return handles
+
+    def resubmit(self, jobs: Sequence[AnyJob]) -> Resubmitted:
+        """Submit jobs again under their own ids, rerunning only what did not succeed.
+
+        A job that failed, died or was cancelled starts a fresh life (``restart``: its old
+        state and result object go); a job Blaze holds no state for is submitted as new (an
+        object already under its key stays: first writer wins). A job that succeeded, or is
+        queued, batched or running, is kept as it is: resubmitting it would delete a result or
+        run it twice. Dead-letter replays and retried pipeline steps go through here."""
+        before = self.status(j.job_id for j in jobs)
+        fresh = [j for j in jobs if before[j.job_id] is None]
+        again = [j for j in jobs if (st := before[j.job_id]) and st.state in RERUNNABLE]
+        kept = {
+            j.job_id: st.state
+            for j in jobs
+            if (st := before[j.job_id]) is not None and st.state not in RERUNNABLE
+        }
+        return Resubmitted(
+            self.submit_many(fresh) if fresh else [],
+            self.submit_many(again, restart=True) if again else [],
+            kept,
+        )
 
     def _send(
         self,

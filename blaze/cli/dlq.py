@@ -20,19 +20,28 @@ def dlq_list(
     limit: Annotated[int | None, typer.Option(min=1, help="show at most this many")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
-    """Show dead letters: where each came from, its job id and why it was rejected."""
+    """Show dead letters: where each came from, its job id, why it was rejected, and the
+    job's state now (a letter whose job succeeded since, after a replay, says so)."""
     from pipelines.stores import connect
 
-    store = connect.dead_letters(cli_settings())
+    settings = cli_settings()
+    store = connect.dead_letters(settings)
     try:
         letters = store.read(limit=limit)
     finally:
         store.close()
+    ids = {str(x.body["job_id"]) for x in letters if x.body.get("job_id")}
+    status = connect.status_store(settings)
+    try:
+        now = {j: st.state.value for j, st in status.get(sorted(ids)).items() if st is not None}
+    finally:
+        status.close()
     if as_json:
         for letter in letters:
-            sys.stdout.write(json.dumps({"ref": letter.ref, **letter.body}) + "\n")
+            state = now.get(str(letter.body.get("job_id")))
+            sys.stdout.write(json.dumps({"ref": letter.ref, **letter.body, "now": state}) + "\n")
         return
-    table = Table("ref", "at", "job id", "stage", "reason")
+    table = Table("ref", "at", "job id", "stage", "reason", "now")
     for letter in letters:
         b = letter.body
         table.add_row(
@@ -41,6 +50,7 @@ def dlq_list(
             str(b.get("job_id") or "-"),
             str(b.get("stage", "")),
             str(b.get("reason", "")),
+            now.get(str(b.get("job_id")), "-"),
         )
     out.print(table)
     out.print(f"{len(letters)} dead letters", highlight=False)
@@ -57,7 +67,10 @@ def dlq_replay(
         list[str] | None, typer.Option("--set", help="key=value applied before resubmitting")
     ] = None,
 ) -> None:
-    """Resubmit chosen dead letters (optionally fixed with --set); prints the job ids."""
+    """Resubmit chosen dead letters (optionally fixed with --set); prints the job ids.
+
+    A letter whose job succeeded since, or is on its way again (an earlier replay), is left
+    alone: replaying it would delete its result or run it twice."""
     from blaze.sdk import Client
     from pipelines.replay import fixed_job, parse_assignments
     from pipelines.stores import connect
@@ -86,12 +99,19 @@ def dlq_replay(
             skipped.append(str(exc))
     latest = {j.job_id: j for j in jobs}  # a job dead-lettered twice is replayed once
     with Client(settings) as client:
-        handles = client.submit_many(list(latest.values()), restart=True)
+        done = client.resubmit(list(latest.values()))
+    handles = done.new + done.restarted
     for h in handles:
         out.print(h.job_id, highlight=False)
+    for job_id, state in done.kept.items():
+        why = "its result stands" if state.value == "succeeded" else "already on its way"
+        err.print(f"kept: {job_id} is {state.value} ({why}); not replayed", highlight=False)
     for why in skipped:
         err.print(f"skipped: {why}", highlight=False)
-    err.print(f"replayed {len(handles)}, skipped {len(skipped)}", highlight=False)
+    err.print(
+        f"replayed {len(handles)}, kept {len(done.kept)}, skipped {len(skipped)}",
+        highlight=False,
+    )
     if skipped:
         raise typer.Exit(1)
 

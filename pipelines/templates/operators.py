@@ -107,26 +107,15 @@ class BlazeJobsOperator(_StepOperator):
         if not jobs:
             return job_outputs(step, [])
         ids = [j.job_id for j in jobs]
-        with Client(settings) as client:
-            before = client.status(ids)
-            fresh = [j for j in jobs if before[j.job_id] is None]
-            again = [
-                j
-                for j in jobs
-                if (st := before[j.job_id]) is not None
-                and st.state in (JobState.FAILED, JobState.DEAD, JobState.CANCELLED)
-            ]
-            if fresh:
-                client.submit_many(fresh)
-            if again:  # a retried task reruns what failed, keeps what succeeded
-                client.submit_many(again, restart=True)
+        with Client(settings) as client:  # a retried task reruns what failed, keeps the rest
+            done = client.resubmit(jobs)
         log.info(
             "step %s: %d jobs (%d new, %d resubmitted, %d already known): %s .. %s",
             step.id,
             len(ids),
-            len(fresh),
-            len(again),
-            len(ids) - len(fresh) - len(again),
+            len(done.new),
+            len(done.restarted),
+            len(done.kept),
             ids[0],
             ids[-1],
         )

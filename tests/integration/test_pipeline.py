@@ -138,6 +138,17 @@ def test_dead_letters_are_listed_and_replayed_after_a_fix(settings: BlazeSetting
         result = client.result("fix-me")
         assert result is not None and result.model == "tiny"
 
+        # replayed again (its letter is still there, the typo too): the job succeeded since,
+        # so it is kept, result and state (a replay reset both at once, before sending)
+        twice = blaze("dlq", "replay", "--all")
+        assert twice.returncode == 1, twice.stderr  # the broken letter cannot be replayed
+        assert "kept: fix-me is succeeded" in twice.stderr and twice.stdout.split() == []
+        assert "replayed 0, kept 1, skipped 1" in twice.stderr
+        assert client.status(["fix-me"])["fix-me"].state is JobState.SUCCEEDED  # type: ignore[union-attr]
+        assert client.result("fix-me") == result
+        now = [json.loads(line) for line in blaze("dlq", "list", "--json").stdout.splitlines()]
+        assert len(now) == 2 and {x["now"] for x in now} == {"succeeded", None}
+
         unfixable = blaze("dlq", "replay", "--ref", broken["ref"])
         assert unfixable.returncode == 1 and "not JSON" in unfixable.stderr
         missing = blaze("dlq", "replay", "--job", "never-existed")

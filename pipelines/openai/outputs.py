@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 from typing import Any
 
-from pipelines.openai.requests import RequestError
+from pipelines.openai.requests import ENCODING_TAG, RequestError
 from pipelines.results import AnyResult, DiffusionResult, EmbedResult, LLMResult
 from pipelines.stores.status import JobState, JobStatus
 
@@ -15,6 +17,14 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+
+
+def _embedding(vector: list[float], encoding: str | None) -> list[float] | str:
+    """A vector as OpenAI answers it: floats, or with ``encoding_format: base64`` its
+    little-endian float32 bytes in base64 (what OpenAI's clients decode)."""
+    if encoding != "base64":
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def response_body(url: str, doc: AnyResult, bucket: str) -> dict[str, Any]:
@@ -54,10 +64,11 @@ def response_body(url: str, doc: AnyResult, bucket: str) -> dict[str, Any]:
             "system_fingerprint": str(doc.provenance.get("weights", ""))[:16] or None,
         }
     if isinstance(doc, EmbedResult):
+        encoding = doc.tags.get(ENCODING_TAG)
         return {
             "object": "list",
             "data": [
-                {"object": "embedding", "index": i, "embedding": v}
+                {"object": "embedding", "index": i, "embedding": _embedding(v, encoding)}
                 for i, v in enumerate(doc.vectors)
             ],
             "model": doc.model,

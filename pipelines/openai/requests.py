@@ -77,7 +77,6 @@ _NEUTRAL: dict[str, tuple[object, ...]] = {
     "presence_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
     "response_format": (None, {"type": "text"}),
-    "encoding_format": (None, "float"),
     "dimensions": (None,),
     "tools": (None, []),
     "tool_choice": (None, "none"),
@@ -163,13 +162,24 @@ def _completion_job(body: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
+ENCODING_TAG = "encoding_format"
+"""The job tag that carries an embeddings request's ``encoding_format`` to its response."""
+
+
 def _embedding_job(body: dict[str, Any]) -> dict[str, Any]:
-    _check_params(body, {"model", "input"})
+    _check_params(body, {"model", "input", "encoding_format"})
     texts = body.get("input")
     texts = [texts] if isinstance(texts, str) else texts
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise _Invalid("invalid_type", "input must be a string or a list of strings", "input")
-    return {"texts": texts}
+    job: dict[str, Any] = {"texts": texts}
+    encoding = body.get("encoding_format")
+    if encoding not in (None, "float", "base64"):
+        msg = f"encoding_format must be 'float' or 'base64', got {json.dumps(encoding)[:60]}"
+        raise _Invalid("invalid_value", msg, "encoding_format")
+    if encoding == "base64":  # what OpenAI's Python client asks for unless told otherwise
+        job["tags"] = {ENCODING_TAG: "base64"}
+    return job
 
 
 def _image_job(body: dict[str, Any]) -> dict[str, Any]:
@@ -232,7 +242,7 @@ def request_job(
             raise _Invalid("missing_required_parameter", "model is required", "model")
         fields["job_id"] = job_id
         if tags:
-            fields["tags"] = tags
+            fields["tags"] = {**fields.get("tags", {}), **tags}
         if deadline is not None:
             fields["deadline"] = deadline
         if priority is not None:

@@ -131,6 +131,14 @@ def test_openai_client_and_curl_through_the_gateway_leak_no_secret(
         client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "hi"}], stream=True
         )
+    # the client asks for base64 vectors unless told otherwise, and decodes them itself
+    packed = client.embeddings.create(model="all-minilm-l6-v2", input=["a queue", "a worker"])
+    floats = client.embeddings.create(
+        model="all-minilm-l6-v2", input=["a queue", "a worker"], encoding_format="float"
+    )
+    assert [len(d.embedding) for d in packed.data] == [384, 384]
+    for a, b in zip(packed.data, floats.data, strict=True):
+        assert max(abs(x - y) for x, y in zip(a.embedding, b.embedding, strict=True)) < 1e-6
 
     # -- a cancelled batch --------------------------------------------------------------------
     many = "".join(line(f"c-{i}", chat(f"q {i}", max_tokens=40)) for i in range(40))

@@ -264,3 +264,33 @@ def test_a_batch_past_its_window_expires_and_its_unrun_requests_say_so(tmp_path:
     assert (ended.request_counts.completed, ended.request_counts.failed) == (2, 2)
     errors = service.store.get(ended.error_file_id or "") or b""
     assert {json.loads(x)["error"]["code"] for x in errors.splitlines()} == {"batch_expired"}
+
+
+def test_embeddings_answer_in_the_encoding_the_request_asked_for() -> None:
+    import base64
+    import struct
+
+    from pipelines.openai.outputs import response_body
+    from pipelines.results import EmbedResult
+
+    def emb(**extra: object) -> object:
+        body = {"model": "m", "input": ["a", "b"], **extra}
+        return parse_request(1, line("e", body, "/v1/embeddings"), "b")
+
+    packed, plain, default = emb(encoding_format="base64"), emb(encoding_format="float"), emb()
+    assert packed.job is not None and packed.job.tags["encoding_format"] == "base64"  # type: ignore[attr-defined]
+    assert packed.job.tags["batch_id"] == "b"  # type: ignore[attr-defined]
+    assert plain.job is not None and "encoding_format" not in plain.job.tags  # type: ignore[attr-defined]
+    assert default.job is not None and "encoding_format" not in default.job.tags  # type: ignore[attr-defined]
+    wrong = emb(encoding_format="int8")
+    assert wrong.error is not None and wrong.error.param == "encoding_format"  # type: ignore[attr-defined]
+    assert "'float' or 'base64'" in wrong.error.message  # type: ignore[attr-defined]
+
+    vectors = [[0.25, -1.5, 3.0], [1e-3, 0.0, -2.0]]
+    doc = EmbedResult(job_id="j", status="succeeded", model="m", vectors=vectors, dim=3)
+    as_floats = response_body("/v1/embeddings", doc, "bucket")["data"]
+    assert [d["embedding"] for d in as_floats] == vectors
+    doc64 = doc.model_copy(update={"tags": {"encoding_format": "base64"}})
+    as_b64 = response_body("/v1/embeddings", doc64, "bucket")["data"]
+    decoded = [list(struct.unpack("<3f", base64.b64decode(d["embedding"]))) for d in as_b64]
+    assert decoded == [[struct.unpack("<f", struct.pack("<f", x))[0] for x in v] for v in vectors]

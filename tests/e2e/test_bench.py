@@ -228,3 +228,18 @@ def test_slo_benchmark_prints_latency_per_rate_and_model() -> None:
     assert isinstance(row, dict) and set(row) == {"fixed", "slo"}
     for got in row.values():
         assert got["jobs"] >= 1 and got["p95_s"] >= got["p50_s"] > 0
+
+
+def test_gpu_benchmark_smoke_run_on_the_cpu() -> None:
+    # the GPU check runs where no GPU is lent too (small sizes), so it cannot rot between loans
+    figures = last_line_figures(
+        "bench/gpu.py",
+        *("--device", "cpu", "--sizes", "1,2", "--new-tokens", "3", "--mixed-jobs", "4"),
+        *("--mixed-sizes", "2", "--mixed-max", "10", "--steps", "2", "--image-size", "64"),
+        *("--diffusion-dtype", "float32"),
+    )
+    assert figures["engine_device"] == "cpu" and figures["llm_seeded_row_repeats"] is True
+    assert set(figures["llm_tokens_per_s"]) == {"greedy", "sampled", "continuous"}
+    mixed = figures["llm_mixed"]["by_size"]["2"]
+    assert mixed["static_tokens_per_s"] > 0 and mixed["continuous_tokens_per_s"] > 0
+    assert mixed["static_gpu_util_pct"] is None  # no NVML device here

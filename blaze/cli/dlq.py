@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from blaze.cli.render import cli_settings, err, out
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, ServiceUnavailable
 
 group = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
 
@@ -31,9 +31,12 @@ def dlq_list(
     finally:
         store.close()
     ids = {str(x.body["job_id"]) for x in letters if x.body.get("job_id")}
+    now: dict[str, str] = {}
     status = connect.status_store(settings)
-    try:
+    try:  # the letters come from Kafka: listed even while Redis cannot say the states
         now = {j: st.state.value for j, st in status.get(sorted(ids)).items() if st is not None}
+    except ServiceUnavailable as exc:
+        err.print(f"states not shown: {exc}", highlight=False)
     finally:
         status.close()
     if as_json:
